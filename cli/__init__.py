@@ -1,0 +1,1 @@
+"""The ``tfmi`` command-line application (click). Thin: parse options, call tfmi, print."""

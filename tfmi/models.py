@@ -1,0 +1,144 @@
+"""Model zoo of the membership-inference literature. Every model returns logits.
+
+- ``mlp``: the tabular network of Nasr et al. (2018) for Location30/Purchase100/Texas100:
+  tanh layers 1024-512-256-128 (inputs are flattened, so it also runs on images);
+- ``cnn``: a small CNN for 8x8 (digits) and 28x28 (Fashion-MNIST) images;
+- ``alexnet``: the AlexNet-style CIFAR network used by Nasr et al. and Li et al.;
+- ``resnet20``: the CIFAR ResNet-20 of He et al. (2016).
+
+>>> model = build_model("mlp", input_shape=(446,), num_classes=30, seed=0)
+>>> model.output_shape
+(None, 30)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from tfmi.errors import TfmiError
+
+layers = tf.keras.layers
+
+
+def _inputs(input_shape: Sequence[int]) -> tf.keras.Input:
+    return tf.keras.Input(shape=tuple(int(d) for d in input_shape), name="features")
+
+
+def _dropout(x, rate: float):
+    return layers.Dropout(rate)(x) if rate > 0 else x
+
+
+def _as_image(inputs, input_shape: Sequence[int], model_name: str):
+    """Accept (h, w, c) images, or (h, w) with an implied single channel."""
+    if len(input_shape) == 3:
+        return inputs
+    if len(input_shape) == 2:
+        return layers.Reshape((*input_shape, 1))(inputs)
+    raise TfmiError(
+        f"model {model_name!r} needs image inputs of shape (height, width[, channels]), "
+        f"got feature shape {tuple(input_shape)}: use --model mlp for tabular data"
+    )
+
+
+def tabular_mlp(input_shape, num_classes, dropout=0.0, units=(1024, 512, 256, 128)):
+    """Fully connected tanh network (Nasr et al. 2018) ending in a logits layer."""
+    inputs = _inputs(input_shape)
+    x = layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    for width in units:
+        x = _dropout(layers.Dense(width, activation="tanh")(x), dropout)
+    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mlp")
+
+
+def small_cnn(input_shape, num_classes, dropout=0.0):
+    """Two conv layers (32, 64 filters, 3x3), pooling down to <= 7 pixels, a 128-unit dense layer."""
+    inputs = _inputs(input_shape)
+    x = _as_image(inputs, input_shape, "cnn")
+    side = min(int(input_shape[0]), int(input_shape[1]))
+    for filters in (32, 64):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        if side >= 8:
+            x = layers.MaxPooling2D(2)(x)
+            side //= 2
+    x = layers.Flatten()(x)
+    x = _dropout(layers.Dense(128, activation="relu")(x), dropout)
+    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="cnn")
+
+
+def alexnet(input_shape, num_classes, dropout=0.0):
+    """AlexNet-style CIFAR network: five conv layers (64-192-384-256-256), three max-pools."""
+    inputs = _inputs(input_shape)
+    x = _as_image(inputs, input_shape, "alexnet")
+    x = layers.Conv2D(64, 11, strides=4, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Conv2D(192, 5, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Conv2D(384, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = _dropout(layers.Flatten()(x), dropout)
+    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="alexnet")
+
+
+def _residual_block(x, filters: int, stride: int):
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                      kernel_initializer="he_normal")(x)
+    y = layers.ReLU()(layers.BatchNormalization()(y))
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(y)
+    y = layers.BatchNormalization()(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization()(shortcut)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def resnet20(input_shape, num_classes, dropout=0.0):
+    """ResNet-20 for 32x32 images (He et al. 2016): 3 stages x 3 basic blocks, 16/32/64 filters."""
+    inputs = _inputs(input_shape)
+    x = _as_image(inputs, input_shape, "resnet20")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            x = _residual_block(x, filters, stride=2 if stage > 0 and block == 0 else 1)
+    x = _dropout(layers.GlobalAveragePooling2D()(x), dropout)
+    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="resnet20")
+
+
+MODEL_BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
+    "mlp": tabular_mlp,
+    "cnn": small_cnn,
+    "alexnet": alexnet,
+    "resnet20": resnet20,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    dropout: float = 0.0,
+    seed: int | None = None,
+) -> tf.keras.Model:
+    """Build zoo model ``name`` for inputs of ``input_shape`` (no batch axis); outputs logits.
+
+    ``seed`` makes the initial weights reproducible (it seeds TensorFlow's global generator).
+
+    >>> build_model("cnn", (8, 8, 1), 10).output_shape
+    (None, 10)
+    """
+    builder = MODEL_BUILDERS.get(name)
+    if builder is None:
+        raise TfmiError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    if num_classes < 2:
+        raise TfmiError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise TfmiError(f"dropout rate must be in [0, 1), got {dropout}")
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
+    return builder(tuple(input_shape), int(num_classes), dropout=dropout)
