@@ -13,11 +13,12 @@ so an interrupted run never leaves a half-written ``<out>``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -40,7 +41,7 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
     return out
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` only if the block completes."""
     out = check_output_dir(out, force)
@@ -70,7 +71,8 @@ def write_model_dir(
 ) -> Path:
     """Write SavedModel, ``.keras`` file, split indices and the JSON sidecar to ``out`` atomically."""
     with atomic_directory(out, force) as staging:
-        model.export(str(staging / SAVED_MODEL_DIR))
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint listing
+            model.export(str(staging / SAVED_MODEL_DIR))
         model.save(staging / KERAS_FILE)
         split.save(staging / SPLIT_FILE)
         record = {

@@ -53,12 +53,12 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
             f"{path} has no column {label_column!r} (columns: {', '.join(header[:8])}"
             f"{' ...' if len(header) > 8 else ''}); name the label column with --label-column"
         )
+    if not any(row for row in rows):
+        raise TfmiError(f"{path} has a header but no rows")
     try:
         table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise TfmiError(f"{path}: every value must be numeric ({exc})") from None
-    if table.shape[0] == 0:
-        raise TfmiError(f"{path} has a header but no rows")
     if table.shape[1] != len(header):
         raise TfmiError(f"{path}: rows have {table.shape[1]} values but the header names {len(header)}")
     label_index = header.index(label_column)
