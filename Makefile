@@ -17,13 +17,14 @@ demo: $(STAMP)
 	$(BIN)/tfmi train --dataset digits
 
 test: $(STAMP)
+	$(BIN)/ruff check tfmi cli tests
 	$(BIN)/python -m pytest
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff check tfmi cli tests benchmarks
+	$(BIN)/ruff check tfmi cli tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -31,7 +31,8 @@ DEFAULT_MODELS_DIR = Path("saved_models")
 @click.option("--target-size", type=int, default=None,
               help="Members (and as many non-members) [default: per dataset, e.g. 1500 on location30].")
 @click.option("--reference-size", type=int, default=None,
-              help="Held-out reference records for the MMD defense [default: min(target size, half the rest)].")
+              help="Held-out reference records for the MMD defense "
+                   "[default: min(target size, half the rest)].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: saved_models/<dataset>-<model>-seed<seed>].")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
@@ -41,9 +42,9 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     from tfmi.artifacts import check_output_dir, write_model_dir
     from tfmi.data import load_dataset, membership_split
     from tfmi.environment import library_versions
+    from tfmi.errors import TfmiError
     from tfmi.models import MODEL_NAMES
     from tfmi.training import TrainConfig, train_target
-    from tfmi.errors import TfmiError
 
     data = load_dataset(dataset, data_dir, label_column=label_column)
     model_name = model_name or data.default_model
@@ -68,7 +69,7 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     trained = train_target(data, split, config, verbose=1 if sys.stdout.isatty() else 2)
     sidecar = {
         "tfmi_version": library_versions()["tfmi"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["tfmi", *sys.argv[1:]]) if Path(sys.argv[0]).name == "tfmi" else None,
         "options": click.get_current_context().params | {"out": str(out), "model_name": model_name},
         "dataset": {

@@ -25,7 +25,7 @@ def write_tgz(path: Path, members: dict[str, bytes]) -> Path:
 
 def shokri_rows(labels, features, quote_labels: bool) -> bytes:
     lines = []
-    for label, row in zip(labels, features):
+    for label, row in zip(labels, features, strict=True):
         head = f'"{label}"' if quote_labels else str(label)
         lines.append(",".join([head, *map(str, row)]))
     return ("\n".join(lines) + "\n").encode()

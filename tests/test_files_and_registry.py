@@ -13,7 +13,7 @@ def test_user_npz_with_x_y_and_csv_with_label_column(tmp_path):
     assert data.num_classes == 4 and data.name == "mine" and data.default_model == "mlp"
     np.testing.assert_allclose(data.x, x.astype(np.float32))
 
-    rows = ["a,target,b"] + [f"{r[0]},{label},{r[1]}" for r, label in zip(x, y)]
+    rows = ["a,target,b"] + [f"{r[0]},{label},{r[1]}" for r, label in zip(x, y, strict=True)]
     (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
     data = load_dataset(str(tmp_path / "mine.csv"), label_column="target")
     np.testing.assert_allclose(data.x, x[:, :2].astype(np.float32), rtol=1e-6)

@@ -22,7 +22,8 @@ def _jpeg(seed: int, size=32) -> tuple[bytes, np.ndarray]:
 def _cifar_tarball(path, per_class=(2, 1), top="", extra=None):
     truth = {"train": [], "test": []}
     with tarfile.open(path, "w:gz") as archive:
-        for split, count in zip(("test", "train"), per_class[::-1]):  # write test first: order must not matter
+        # test first: the order inside the tarball must not matter
+        for split, count in zip(("test", "train"), per_class[::-1], strict=True):
             for label, name in enumerate(CIFAR10_CLASSES):
                 for i in range(count):
                     blob, image = _jpeg(hash((split, label, i)) % 2**32)

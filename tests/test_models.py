@@ -29,8 +29,9 @@ def test_mlp_is_the_nasr_architecture():
 
 def test_resnet20_has_twenty_weight_layers():
     model = build_model("resnet20", (32, 32, 3), 10)
-    convs = [l for l in model.layers if isinstance(l, tf.keras.layers.Conv2D) and l.kernel_size != (1, 1)]
-    dense = [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]
+    convs = [layer for layer in model.layers
+             if isinstance(layer, tf.keras.layers.Conv2D) and layer.kernel_size != (1, 1)]
+    dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
     assert len(convs) + len(dense) == 20
 
 
@@ -38,14 +39,16 @@ def test_seed_makes_initial_weights_reproducible():
     a = build_model("mlp", (10,), 3, seed=4).get_weights()
     b = build_model("mlp", (10,), 3, seed=4).get_weights()
     c = build_model("mlp", (10,), 3, seed=5).get_weights()
-    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
 
 
 def test_dropout_layers_only_when_asked():
     plain = build_model("mlp", (10,), 3)
     regularized = build_model("mlp", (10,), 3, dropout=0.5)
-    count = lambda m: sum(isinstance(l, tf.keras.layers.Dropout) for l in m.layers)  # noqa: E731
+    def count(model):
+        return sum(isinstance(layer, tf.keras.layers.Dropout) for layer in model.layers)
+
     assert count(plain) == 0 and count(regularized) == 4
 
 

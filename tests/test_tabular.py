@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures import random_binary, shokri_rows, write_tgz
-from tfmi.data import load_dataset
-from tfmi.data import tabular
+from tfmi.data import load_dataset, tabular
 from tfmi.data.download import download
 from tfmi.errors import TfmiError
 

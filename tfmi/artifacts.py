@@ -19,8 +19,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tfmi.data.splits import MembershipSplit
 from tfmi.errors import TfmiError
