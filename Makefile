@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tfmi train --dataset digits
+	$(BIN)/tfmi train --dataset digits --force
 
 test: $(STAMP)
 	$(BIN)/ruff check tfmi cli tests

@@ -9,8 +9,9 @@ import click
 from tfmi import __version__
 from tfmi.errors import TfmiError
 
-# TensorFlow's C++ start-up chatter hides the output users came for; set before TF is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter (CUDA plug-in registration on CPU-only machines, logged as errors)
+# hides the output users came for; set before TF is imported. Failures still surface as exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class UserError(click.ClickException):

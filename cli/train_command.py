@@ -57,7 +57,7 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     out = check_output_dir(out or DEFAULT_MODELS_DIR / f"{data.name}-{model_name}-seed{seed}", force)
 
     sizes = split.sizes()
-    click.echo(f"dataset  {data.name} ({data.source}): {len(data)} records, "
+    click.echo(f"dataset  {data.name} from {data.source}: {len(data)} records, "
                f"input {data.input_shape}, {data.num_classes} classes")
     click.echo(f"split    seed {seed}: {sizes['members']} members, {sizes['non_members']} non-members, "
                f"{sizes['reference']} reference, {sizes['shadow_pool']} shadow pool")
