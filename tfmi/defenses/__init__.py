@@ -1,0 +1,1 @@
+"""Training-time defenses against membership inference, each usable from ``model.fit``."""
