@@ -1,0 +1,120 @@
+"""`DefendedModel`: the base of every defense that changes how a Keras classifier is trained.
+
+A defended model wraps the user's classifier (the *inner* model). ``predict``, ``evaluate`` and
+calling it behave as the inner model does; ``fit`` runs the defense's own ``train_step``;
+``export`` writes the plain inner network as a SavedModel for serving. The loss is owned by the
+defense (cross-entropy on integer labels), so ``compile`` takes an optimizer and metrics only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfmi.errors import TfmiError
+from tfmi.outputs import log_probabilities, probabilities, resolve_output_kind
+
+
+class DefendedModel(tf.keras.Model):
+    """Base class: holds the inner classifier, its output kind, seeds, loss and evaluation.
+
+    Subclasses implement ``train_step``; they call `cross_entropy`, `step_seed` and
+    `apply_gradients` and update `loss_tracker` / `ce_tracker`.
+    """
+
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        *,
+        outputs: str = "auto",
+        sample_x: np.ndarray | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(model, tf.keras.Model):
+            raise TfmiError(f"expected a Keras model to defend, got {type(model).__name__}")
+        if model.outputs is not None and len(model.outputs) != 1:
+            raise TfmiError("the model must have a single output (class logits or probabilities)")
+        self.inner = model
+        self.num_classes = int(model.output_shape[-1])
+        if self.num_classes < 2:
+            raise TfmiError(f"the model outputs {self.num_classes} value(s) per example: need >= 2 classes")
+        if sample_x is None:
+            sample_x = np.zeros((2, *model.input_shape[1:]), np.float32)
+        self.output_kind = resolve_output_kind(model, sample_x[:8], self.num_classes, outputs)
+        self.seed = int(seed)
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        self.ce_tracker = tf.keras.metrics.Mean(name="ce_loss")
+
+    # --- behaves like the inner model ---------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        if loss is not None:
+            raise TfmiError(
+                f"{type(self).__name__} owns its loss (cross-entropy on integer labels): "
+                "call compile without loss="
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def test_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        outputs = self.inner(x, training=False)
+        targets = self.weighted_targets(y, sample_weight)
+        self.loss_tracker.update_state(self.cross_entropy(targets, outputs))
+        self.compiled_metrics.update_state(y, outputs)
+        return {m.name: m.result() for m in self.metrics if m is not self.ce_tracker}
+
+    def export(self, filepath, format="tf_saved_model"):
+        """Write the plain inner network (no defense machinery) as a SavedModel for serving."""
+        return self.inner.export(filepath, format=format)
+
+    # --- helpers for subclasses ----------------------------------------------------------------
+
+    @property
+    def from_logits(self) -> bool:
+        return self.output_kind == "logits"
+
+    def probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
+        return probabilities(outputs, self.output_kind)
+
+    def weighted_targets(self, y: tf.Tensor, sample_weight: tf.Tensor | None) -> tf.Tensor:
+        """One-hot targets scaled by per-example weights (from ``sample_weight``/``class_weight``)."""
+        targets = tf.one_hot(y, self.num_classes)
+        if sample_weight is None:
+            return targets
+        return targets * tf.reshape(tf.cast(sample_weight, targets.dtype), [-1, 1])
+
+    def cross_entropy(self, targets: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        """Mean over the batch of ``-sum(targets * log p)``: soft and weighted targets allowed."""
+        log_p = log_probabilities(outputs, self.output_kind)
+        return tf.reduce_mean(-tf.reduce_sum(targets * log_p, axis=-1))
+
+    def step_seed(self, stream: int = 0) -> tf.Tensor:
+        """A stateless seed unique to (model seed, stream, replica, optimizer step)."""
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        offset = tf.cast(replica_id, tf.int64) * 1_000_003 + stream
+        return tf.stack([tf.cast(self.seed, tf.int64) + offset, step])
+
+    def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
+        """Step the optimizer on ``loss`` (a per-replica mean), scaled for distribution strategies."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.inner.trainable_variables
+        gradients = tape.gradient(loss / replicas if replicas > 1 else loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+    def get_config(self) -> dict:
+        return {
+            "model": tf.keras.saving.serialize_keras_object(self.inner),
+            "outputs": self.output_kind,
+            "seed": self.seed,
+            "name": self.name,
+        }

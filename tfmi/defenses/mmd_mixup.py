@@ -1,0 +1,351 @@
+"""`MMDMixupModel`: train any Keras classifier with the MMD set regularizer and mixup from `fit`.
+
+The defense of Li, Li & Ribeiro (2021): add ``mmd_weight * MMD^2(train outputs, reference outputs)``
+between the softmax outputs on a training batch and on a class-matched batch of held-out reference
+records (constants: no gradient flows through them), and train on mixup batches.
+
+Two schedules:
+
+- ``"joint"`` (default): every step minimizes ``CE_mixup + mmd_weight * gate * MMD^2``. The MMD term
+  compares the outputs on the mixed training batch with those on the reference batch mixed the same
+  way (same coefficient and partner positions, and the reference rows have the training rows'
+  classes), so one extra forward pass (no backward) pays for it. ``gate`` is 0 until the gap between
+  accuracy on the training data and on the reference data reaches ``gap_threshold`` (re-measured
+  after every epoch): matching an untrained network's near-uniform reference outputs is an easy
+  minimum that collapses training.
+- ``"paper"``: the authors' schedule. Each epoch runs a (mixup) cross-entropy pass; then, if the
+  train/reference accuracy gap is at least ``gap_threshold`` and it is not the last epoch, a second
+  pass over class-sorted clean training batches takes steps on ``mmd_weight * MMD^2`` alone.
+
+>>> import numpy as np, tensorflow as tf
+>>> from tfmi.models import build_model
+>>> rng = np.random.default_rng(0)
+>>> x, y = rng.random((64, 5), np.float32), np.arange(64) % 2
+>>> ref_x, ref_y = rng.random((32, 5), np.float32), np.arange(32) % 2
+>>> model = MMDMixupModel(build_model("mlp", (5,), 2), (ref_x, ref_y), mmd_weight=1.0, mixup_alpha=1.0)
+>>> model.compile(optimizer="adam", metrics=["accuracy"])
+>>> history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+>>> sorted(k for k in history.history if k in ("ce_loss", "mmd", "mmd_gap"))
+['ce_loss', 'mmd', 'mmd_gap']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfmi.data.dataset import check_features, check_labels
+from tfmi.defenses.base import DefendedModel
+from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
+from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
+from tfmi.errors import TfmiError
+
+SCHEDULES = ("joint", "paper")
+DEFAULT_MMD_WEIGHT = {"joint": 1.0, "paper": 6.5}
+EVAL_BATCH_SIZE = 1024
+
+
+@tf.keras.saving.register_keras_serializable(package="tfmi")
+class MMDMixupModel(DefendedModel):
+    """A Keras classifier trained with the MMD set regularizer, mixup, or both.
+
+    Args:
+        model: the classifier to defend; outputs logits or probabilities, one per class.
+        reference_data: ``(x_ref, y_ref)``, held-out records disjoint from the training data
+            (a membership split's ``reference`` part); every training class must occur in it.
+        mmd_weight: lambda, the weight of MMD^2 (0 turns MMD off: mixup alone). Default by
+            schedule: joint 1.0, paper 6.5 (the authors' Location30 value).
+        mixup_alpha: Beta(alpha, alpha) of mixup; None turns mixup off (MMD alone).
+        bandwidths: Gaussian kernel bandwidth(s) sigma, summed over when several.
+        schedule: ``"joint"`` or ``"paper"`` (module docstring).
+        gap_threshold: train/reference accuracy gap that switches MMD on (0.03 = 3 points).
+        estimator: ``"biased"`` (the authors') or ``"unbiased"`` MMD^2.
+        outputs: ``"auto"``, ``"logits"`` or ``"probabilities"``.
+        seed: seeds mixup and reference sampling (stateless, reproducible).
+    """
+
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        reference_data: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        mmd_weight: float | None = None,
+        mixup_alpha: float | None = 1.0,
+        bandwidths: float | Sequence[float] = (1.0,),
+        schedule: str = "joint",
+        gap_threshold: float = 0.03,
+        estimator: str = "biased",
+        mmd_inputs: str = "clean",
+        outputs: str = "auto",
+        seed: int = 0,
+        reference_size: int | None = None,
+        **kwargs: Any,
+    ):
+        if schedule not in SCHEDULES:
+            raise TfmiError(f"unknown MMD schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if mmd_weight is None:
+            mmd_weight = DEFAULT_MMD_WEIGHT[schedule]
+        if not (np.isfinite(mmd_weight) and mmd_weight >= 0):
+            raise TfmiError(f"mmd_weight must be a number >= 0, got {mmd_weight!r}")
+        if mixup_alpha is not None:
+            mixup_alpha = check_alpha(mixup_alpha)
+        if estimator not in ESTIMATORS:
+            raise TfmiError(f"unknown MMD estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        if mmd_inputs not in ("clean", "mixed"):
+            raise TfmiError(f"mmd_inputs must be 'clean' or 'mixed', got {mmd_inputs!r}")
+        if not 0 <= gap_threshold < 1:
+            raise TfmiError(f"gap_threshold must be in [0, 1), got {gap_threshold!r}")
+        if reference_data is None and reference_size is None:
+            raise TfmiError("give reference_data=(x_ref, y_ref): held-out records for the MMD term")
+        num_classes = int(model.output_shape[-1])
+        input_shape = tuple(model.input_shape[1:])
+        if reference_data is not None:
+            ref_x, ref_y = _check_reference(reference_data, input_shape, num_classes)
+            sample_x = ref_x
+        else:  # from_config: weights (the reference set among them) are loaded afterwards
+            ref_x = np.zeros((reference_size, *input_shape), np.float32)
+            ref_y = np.arange(reference_size) % num_classes
+            sample_x = None
+        super().__init__(model, outputs=outputs, sample_x=sample_x, seed=seed, **kwargs)
+        self.mmd_weight = float(mmd_weight)
+        self.mixup_alpha = mixup_alpha
+        self.bandwidths = check_bandwidths(bandwidths)
+        self.schedule = schedule
+        self.gap_threshold = float(gap_threshold)
+        self.estimator = estimator
+        self.mmd_inputs = mmd_inputs
+        self._set_reference(ref_x, ref_y)
+        self.mmd_gate = self.add_weight(
+            name="mmd_gate", shape=(), initializer="zeros", trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self.mmd_tracker = tf.keras.metrics.Mean(name="mmd")
+
+    # --- reference set -------------------------------------------------------------------------
+
+    def _set_reference(self, ref_x: np.ndarray, ref_y: np.ndarray) -> None:
+        self.reference_x = self.add_weight(
+            name="reference_x", shape=ref_x.shape, dtype=tf.float32, trainable=False,
+            initializer=tf.keras.initializers.Constant(ref_x),
+        )
+        self.reference_y = self.add_weight(
+            name="reference_y", shape=ref_y.shape, dtype=tf.int32, trainable=False,
+            initializer=tf.keras.initializers.Constant(ref_y.astype(np.int32)),
+        )
+        self.sampler = ClassMatchedSampler(self.reference_y, self.num_classes)
+
+    def check_training_labels(self, y: np.ndarray) -> None:
+        """Raise if a class occurs in training labels but not in the reference set."""
+        missing = self.sampler.missing_classes(y)
+        if missing:
+            raise TfmiError(
+                f"classes {missing} occur in the training data but not in the reference data: "
+                "the class-matched MMD batches need every training class in the reference set "
+                "(use a stratified split, e.g. tfmi.data.membership_split)"
+            )
+
+    def _reference_batch(self, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.reference_x, self.sampler.sample(y, seed))
+
+    # --- training ------------------------------------------------------------------------------
+
+    @property
+    def joint_mmd(self) -> bool:
+        return self.schedule == "joint" and self.mmd_weight > 0
+
+    def train_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        targets = self.weighted_targets(y, sample_weight)
+        metric_labels = y
+        inputs = x
+        if self.mixup_alpha is not None:
+            draw = sample_mixup(tf.shape(x)[0], self.mixup_alpha, self.step_seed(stream=1))
+            inputs, targets = mix(x, draw), mix(targets, draw)
+            metric_labels = tf.where(draw.lam >= 0.5, y, tf.gather(y, draw.perm))
+        if self.joint_mmd:
+            reference = self._reference_batch(y, self.step_seed(stream=2))
+            mmd_on_mixed = self.mixup_alpha is not None and self.mmd_inputs == "mixed"
+            if mmd_on_mixed:
+                reference = mix(reference, draw)
+            # clean training outputs for MMD come from the same forward pass as the mixed ones
+            extra_clean = self.mixup_alpha is not None and not mmd_on_mixed
+        with tf.GradientTape() as tape:
+            if self.joint_mmd and extra_clean:
+                both = self.inner(tf.concat([inputs, x], axis=0), training=True)
+                outputs, mmd_outputs = both[: tf.shape(x)[0]], both[tf.shape(x)[0]:]
+            else:
+                outputs = mmd_outputs = self.inner(inputs, training=True)
+            ce = self.cross_entropy(targets, outputs)
+            total = ce + tf.add_n(self.inner.losses) if self.inner.losses else ce
+            if self.joint_mmd:
+                mmd = tf.cond(
+                    self.mmd_gate > 0,
+                    lambda: self._mmd_to_reference(mmd_outputs, reference),
+                    lambda: tf.constant(0.0),
+                )
+                total += self.mmd_weight * self.mmd_gate * mmd
+            else:
+                mmd = tf.constant(0.0)
+        self.apply_gradients(tape, total)
+        self.loss_tracker.update_state(total)
+        self.ce_tracker.update_state(ce)
+        self.mmd_tracker.update_state(mmd)
+        self.compiled_metrics.update_state(metric_labels, outputs)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _mmd_to_reference(self, outputs: tf.Tensor, reference_inputs: tf.Tensor) -> tf.Tensor:
+        reference = tf.stop_gradient(self.probabilities(self.inner(reference_inputs, training=True)))
+        return mmd2(self.probabilities(outputs), reference, self.bandwidths, self.estimator)
+
+    def mmd_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """One optimizer step on ``mmd_weight * MMD^2`` alone (the paper schedule's second pass)."""
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        reference = self._reference_batch(y, self.step_seed(stream=3))
+        with tf.GradientTape() as tape:
+            mmd = self._mmd_to_reference(self.inner(x, training=True), reference)
+            loss = self.mmd_weight * mmd
+        self.apply_gradients(tape, loss)
+        return mmd
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, *, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the schedule's per-epoch gap measurement added.
+
+        The schedules measure accuracy on the training data after every epoch, so ``x`` and ``y``
+        must be arrays (not a ``tf.data.Dataset``) unless MMD is off.
+        """
+        callbacks = list(callbacks or [])
+        if self.mmd_weight > 0:
+            if not isinstance(x, np.ndarray) or y is None:
+                raise TfmiError(
+                    "MMDMixupModel.fit needs x and y as numpy arrays: the MMD schedule measures "
+                    "accuracy on the training data after every epoch"
+                )
+            x = check_features(x, "training features")
+            y = check_labels(y, self.num_classes, "training labels")
+            self.check_training_labels(y)
+            callbacks.append(MMDSchedule(self, x, y, batch_size or 32, epochs))
+        return super().fit(x, y, batch_size=batch_size, epochs=epochs, callbacks=callbacks, **kwargs)
+
+    # --- measurement ---------------------------------------------------------------------------
+
+    def accuracy_on(self, x: np.ndarray | tf.Variable, y: np.ndarray | tf.Variable) -> float:
+        """Clean (inference-mode) accuracy of the inner model, computed in large batches."""
+        correct = 0
+        n = int(x.shape[0])
+        for start in range(0, n, EVAL_BATCH_SIZE):
+            outputs = self._predict_batch(tf.convert_to_tensor(x[start:start + EVAL_BATCH_SIZE]))
+            labels = np.asarray(y[start:start + EVAL_BATCH_SIZE]).reshape(-1)
+            correct += int(np.sum(np.argmax(outputs, axis=1) == labels))
+        return correct / n
+
+    @tf.function(reduce_retracing=True)
+    def _predict_batch(self, x):
+        return self.inner(x, training=False)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "mmd_weight": self.mmd_weight,
+            "mixup_alpha": self.mixup_alpha,
+            "bandwidths": list(self.bandwidths),
+            "schedule": self.schedule,
+            "gap_threshold": self.gap_threshold,
+            "estimator": self.estimator,
+            "mmd_inputs": self.mmd_inputs,
+            "reference_size": int(self.reference_x.shape[0]),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> MMDMixupModel:
+        config = dict(config)
+        inner = tf.keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        return cls(inner, None, **config)
+
+
+class MMDSchedule(tf.keras.callbacks.Callback):
+    """Measures the train/reference accuracy gap after every epoch and applies the schedule.
+
+    Adds ``mmd_gap`` (train minus reference accuracy) and ``mmd_active`` (1 if MMD acted this
+    epoch) to the epoch logs, so `History`, TensorBoard and early stopping see them.
+    """
+
+    def __init__(self, model: MMDMixupModel, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int):
+        super().__init__()
+        self.defended = model
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.epochs = int(epochs)
+        self._rng = np.random.default_rng(model.seed)
+        self._mmd_epoch_fn = None
+        self._active = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.defended.mmd_gate.assign(0.0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._active = float(self.defended.mmd_gate.numpy()) if self.defended.joint_mmd else 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.defended
+        gap = model.accuracy_on(self.x, self.y) - model.accuracy_on(model.reference_x, model.reference_y)
+        open_gap = gap >= model.gap_threshold
+        if model.schedule == "joint":
+            model.mmd_gate.assign(1.0 if open_gap else 0.0)
+        elif open_gap and epoch < self.epochs - 1:
+            self._run_mmd_pass()
+            self._active = 1.0
+        if logs is not None:
+            logs["mmd_gap"] = gap
+            logs["mmd_active"] = self._active
+
+    def _run_mmd_pass(self) -> None:
+        """Steps on MMD^2 alone over class-sorted clean training batches (paper schedule)."""
+        model = self.defended
+        keys = self._rng.random(len(self.y))
+        order = np.lexsort((keys, self.y))  # by class, random within class
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        self._rng.shuffle(batches)
+        strategy = model.distribute_strategy
+        if self._mmd_epoch_fn is None:
+            @tf.function(reduce_retracing=True)
+            def step(xb, yb):
+                return strategy.run(model.mmd_step, args=(xb, yb))
+
+            self._mmd_epoch_fn = step
+        for batch in batches:
+            batch = np.sort(batch)
+            xb, yb = self.x[batch], self.y[batch]
+            if strategy.num_replicas_in_sync > 1:
+                dataset = tf.data.Dataset.from_tensors((xb, yb))
+                for dist_x, dist_y in strategy.experimental_distribute_dataset(dataset):
+                    self._mmd_epoch_fn(dist_x, dist_y)
+            else:
+                self._mmd_epoch_fn(tf.constant(xb), tf.constant(yb))
+
+
+def _check_reference(reference_data, input_shape: tuple, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        ref_x, ref_y = reference_data
+    except (TypeError, ValueError):
+        raise TfmiError("reference_data must be a pair (x_ref, y_ref) of arrays") from None
+    ref_x = check_features(ref_x, "reference features")
+    ref_y = check_labels(ref_y, None, "reference labels")
+    if len(ref_x) != len(ref_y):
+        raise TfmiError(f"reference features have {len(ref_x)} rows but reference labels {len(ref_y)}")
+    if tuple(ref_x.shape[1:]) != tuple(input_shape):
+        raise TfmiError(
+            f"reference features have shape {tuple(ref_x.shape[1:])} per example but the model takes "
+            f"{tuple(input_shape)}: use reference records from the same dataset"
+        )
+    if int(ref_y.max()) >= num_classes:
+        raise TfmiError(
+            f"reference labels go up to {int(ref_y.max())} but the model has {num_classes} classes: "
+            "use reference records from the same dataset"
+        )
+    if len(ref_x) < 2:
+        raise TfmiError("the reference set needs at least 2 records")
+    return ref_x, ref_y
