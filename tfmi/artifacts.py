@@ -61,6 +61,12 @@ def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Pa
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def export_saved_model(model, path: str | os.PathLike) -> None:
+    """Export a Keras model as an inference SavedModel (signature ``serving_default``), silently."""
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint listing
+        model.export(str(path))
+
+
 def write_model_dir(
     out: str | os.PathLike,
     model,
@@ -71,8 +77,7 @@ def write_model_dir(
 ) -> Path:
     """Write SavedModel, ``.keras`` file, split indices and the JSON sidecar to ``out`` atomically."""
     with atomic_directory(out, force) as staging:
-        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint listing
-            model.export(str(staging / SAVED_MODEL_DIR))
+        export_saved_model(model, staging / SAVED_MODEL_DIR)
         model.save(staging / KERAS_FILE)
         split.save(staging / SPLIT_FILE)
         record = {

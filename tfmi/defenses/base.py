@@ -13,8 +13,26 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfmi.artifacts import export_saved_model
 from tfmi.errors import TfmiError
 from tfmi.outputs import log_probabilities, probabilities, resolve_output_kind
+
+
+def classifier_shape(model: tf.keras.Model) -> tuple[tuple[int, ...], int]:
+    """``(input shape, class count)`` of a Keras classifier; raises unless it outputs (batch, classes)."""
+    if not isinstance(model, tf.keras.Model):
+        raise TfmiError(f"expected a Keras model to defend, got {type(model).__name__}")
+    if model.outputs is not None and len(model.outputs) != 1:
+        raise TfmiError("the model must have a single output (class logits or probabilities)")
+    output_shape = tuple(model.output_shape)
+    if len(output_shape) != 2:
+        raise TfmiError(
+            f"the model outputs shape {output_shape}: a classifier must output (batch, classes) "
+            "logits or probabilities"
+        )
+    if output_shape[1] is None or output_shape[1] < 2:
+        raise TfmiError(f"the model outputs {output_shape[1]} value(s) per example: need >= 2 classes")
+    return tuple(model.input_shape[1:]), int(output_shape[1])
 
 
 class DefendedModel(tf.keras.Model):
@@ -34,14 +52,8 @@ class DefendedModel(tf.keras.Model):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if not isinstance(model, tf.keras.Model):
-            raise TfmiError(f"expected a Keras model to defend, got {type(model).__name__}")
-        if model.outputs is not None and len(model.outputs) != 1:
-            raise TfmiError("the model must have a single output (class logits or probabilities)")
+        _, self.num_classes = classifier_shape(model)
         self.inner = model
-        self.num_classes = int(model.output_shape[-1])
-        if self.num_classes < 2:
-            raise TfmiError(f"the model outputs {self.num_classes} value(s) per example: need >= 2 classes")
         if sample_x is None:
             sample_x = np.zeros((2, *model.input_shape[1:]), np.float32)
         self.output_kind = resolve_output_kind(model, sample_x[:8], self.num_classes, outputs)
@@ -69,11 +81,11 @@ class DefendedModel(tf.keras.Model):
         targets = self.weighted_targets(y, sample_weight)
         self.loss_tracker.update_state(self.cross_entropy(targets, outputs))
         self.compiled_metrics.update_state(y, outputs)
-        return {m.name: m.result() for m in self.metrics if m is not self.ce_tracker}
+        return {m.name: m.result() for m in [self.loss_tracker, *self.compiled_metrics.metrics]}
 
-    def export(self, filepath, format="tf_saved_model"):
+    def export(self, filepath) -> None:
         """Write the plain inner network (no defense machinery) as a SavedModel for serving."""
-        return self.inner.export(filepath, format=format)
+        export_saved_model(self.inner, filepath)
 
     # --- helpers for subclasses ----------------------------------------------------------------
 
@@ -108,7 +120,9 @@ class DefendedModel(tf.keras.Model):
         """Step the optimizer on ``loss`` (a per-replica mean), scaled for distribution strategies."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.inner.trainable_variables
-        gradients = tape.gradient(loss / replicas if replicas > 1 else loss, variables)
+        gradients = tape.gradient(loss, variables)
+        if replicas > 1:  # replicas' gradients are summed: make the sum a mean
+            gradients = [g / replicas if g is not None else None for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
     def get_config(self) -> dict:

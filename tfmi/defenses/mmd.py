@@ -94,12 +94,6 @@ class ClassMatchedSampler:
         self.reference_labels = reference_labels
         self.num_classes = int(num_classes)
 
-    def missing_classes(self, labels: np.ndarray) -> list[int]:
-        """Classes present in ``labels`` but absent from the reference set."""
-        counts = np.bincount(np.asarray(self.reference_labels).astype(np.int64), minlength=self.num_classes)
-        present = np.unique(np.asarray(labels).astype(np.int64))
-        return [int(c) for c in present if c >= self.num_classes or counts[c] == 0]
-
     def sample(self, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Reference indices, one per label, each of the same class (``seed``: shape-[2] int)."""
         reference = tf.cast(tf.reshape(self.reference_labels, [-1]), tf.int32)

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmi.data.dataset import check_features, check_labels
-from tfmi.defenses.base import DefendedModel
+from tfmi.defenses.base import DefendedModel, classifier_shape
 from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
 from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
 from tfmi.errors import TfmiError
@@ -100,10 +100,9 @@ class MMDMixupModel(DefendedModel):
             raise TfmiError(f"gap_threshold must be in [0, 1), got {gap_threshold!r}")
         if reference_data is None and reference_size is None:
             raise TfmiError("give reference_data=(x_ref, y_ref): held-out records for the MMD term")
-        num_classes = int(model.output_shape[-1])
-        input_shape = tuple(model.input_shape[1:])
+        input_shape, num_classes = classifier_shape(model)
         if reference_data is not None:
-            ref_x, ref_y = _check_reference(reference_data, input_shape, num_classes)
+            ref_x, ref_y = check_reference(reference_data, input_shape, num_classes)
             sample_x = ref_x
         else:  # from_config: weights (the reference set among them) are loaded afterwards
             ref_x = np.zeros((reference_size, *input_shape), np.float32)
@@ -136,16 +135,6 @@ class MMDMixupModel(DefendedModel):
             initializer=tf.keras.initializers.Constant(ref_y.astype(np.int32)),
         )
         self.sampler = ClassMatchedSampler(self.reference_y, self.num_classes)
-
-    def check_training_labels(self, y: np.ndarray) -> None:
-        """Raise if a class occurs in training labels but not in the reference set."""
-        missing = self.sampler.missing_classes(y)
-        if missing:
-            raise TfmiError(
-                f"classes {missing} occur in the training data but not in the reference data: "
-                "the class-matched MMD batches need every training class in the reference set "
-                "(use a stratified split, e.g. tfmi.data.membership_split)"
-            )
 
     def _reference_batch(self, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.reference_x, self.sampler.sample(y, seed))
@@ -226,7 +215,6 @@ class MMDMixupModel(DefendedModel):
                 )
             x = check_features(x, "training features")
             y = check_labels(y, self.num_classes, "training labels")
-            self.check_training_labels(y)
             callbacks.append(MMDSchedule(self, x, y, batch_size or 32, epochs))
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, callbacks=callbacks, **kwargs)
 
@@ -327,7 +315,10 @@ class MMDSchedule(tf.keras.callbacks.Callback):
                 self._mmd_epoch_fn(tf.constant(xb), tf.constant(yb))
 
 
-def _check_reference(reference_data, input_shape: tuple, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def check_reference(
+    reference_data, input_shape: tuple, num_classes: int, require_all_classes: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``(x_ref, y_ref)`` against a model's input shape and class count; return arrays."""
     try:
         ref_x, ref_y = reference_data
     except (TypeError, ValueError):
@@ -348,4 +339,11 @@ def _check_reference(reference_data, input_shape: tuple, num_classes: int) -> tu
         )
     if len(ref_x) < 2:
         raise TfmiError("the reference set needs at least 2 records")
+    missing = np.setdiff1d(np.arange(num_classes), ref_y)
+    if require_all_classes and len(missing):
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise TfmiError(
+            f"classes {shown} have no reference records: class-matched MMD batches need every class "
+            "in the reference set (draw it with a stratified split, e.g. tfmi.data.membership_split)"
+        )
     return ref_x, ref_y

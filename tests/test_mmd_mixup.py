@@ -1,0 +1,326 @@
+"""The MMD estimator, class-matched sampling, mixup, and the MMDMixupModel wrapper."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmi.data import load_dataset, membership_split
+from tfmi.defenses.mixup import mixup_batch, sample_mixup
+from tfmi.defenses.mmd import ClassMatchedSampler, mmd2
+from tfmi.defenses.mmd_mixup import MMDMixupModel
+from tfmi.errors import TfmiError
+from tfmi.models import build_model
+
+
+def numpy_mmd2(x, y, bandwidths, unbiased=False):
+    """Direct double loop over pairs: the definition, with no algebraic shortcuts."""
+    def k(a, b):
+        return sum(np.exp(-np.sum((a - b) ** 2) / (2 * s * s)) for s in bandwidths)
+
+    def mean_pairs(u, v, skip_diagonal):
+        total, count = 0.0, 0
+        for i, a in enumerate(u):
+            for j, b in enumerate(v):
+                if skip_diagonal and i == j:
+                    continue
+                total += k(a, b)
+                count += 1
+        return total / count
+
+    return (mean_pairs(x, x, unbiased) + mean_pairs(y, y, unbiased) - 2 * mean_pairs(x, y, False))
+
+
+@pytest.mark.parametrize("bandwidths", [(1.0,), (0.2, 1.0, 5.0)])
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_mmd2_matches_the_definition(bandwidths, estimator):
+    rng = np.random.default_rng(0)
+    x = rng.dirichlet(np.ones(5), size=9).astype(np.float32)
+    y = rng.dirichlet(np.ones(5) * 0.3, size=7).astype(np.float32)
+    got = float(mmd2(x, y, bandwidths, estimator))
+    want = numpy_mmd2(x.astype(np.float64), y.astype(np.float64), bandwidths, estimator == "unbiased")
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def test_mmd2_is_zero_on_identical_sets_and_grows_with_separation():
+    x = np.random.default_rng(1).dirichlet(np.ones(4), size=16).astype(np.float32)
+    assert float(mmd2(x, x)) == pytest.approx(0.0, abs=1e-6)
+    shifted = [float(mmd2(x, np.roll(x, 1, axis=1) * t + x * (1 - t))) for t in (0.1, 0.5, 1.0)]
+    assert shifted[0] < shifted[1] < shifted[2]
+
+
+def test_mmd2_is_stable_for_identical_near_one_hot_rows():
+    x = np.tile(np.eye(10, dtype=np.float32)[:1], (64, 1))
+    value = mmd2(x, x + 1e-7)
+    assert np.isfinite(float(value)) and float(value) >= 0.0
+
+
+def test_class_matched_sampler_reproduces_the_batch_histogram():
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 7, size=500)
+    sampler = ClassMatchedSampler(reference, num_classes=7)
+    batch = tf.constant(rng.integers(0, 7, size=64))
+    idx = sampler.sample(batch, seed=tf.constant([3, 4])).numpy()
+    np.testing.assert_array_equal(reference[idx], batch.numpy())  # position by position
+    again = sampler.sample(batch, seed=tf.constant([3, 4])).numpy()
+    np.testing.assert_array_equal(idx, again)  # stateless: same seed, same draw
+
+
+def test_class_matched_sampler_is_uniform_within_a_class():
+    reference = np.array([0] * 4 + [1] * 1000)
+    sampler = ClassMatchedSampler(reference, num_classes=2)
+    idx = sampler.sample(tf.zeros(20000, tf.int32), seed=tf.constant([0, 0])).numpy()
+    counts = np.bincount(idx, minlength=4)[:4]
+    assert counts.sum() == 20000
+    assert np.all(np.abs(counts - 5000) < 300)  # 4 records drawn ~equally, with replacement
+
+
+def test_mixup_draws_convex_combinations():
+    x = tf.constant(np.eye(6, dtype=np.float32))
+    y = tf.range(6)
+    mixed_x, mixed_y, draw = mixup_batch(x, y, 6, alpha=1.0, seed=tf.constant([5, 6]))
+    lam, perm = float(draw.lam), draw.perm.numpy()
+    np.testing.assert_allclose(mixed_x.numpy(), lam * np.eye(6) + (1 - lam) * np.eye(6)[perm], atol=1e-6)
+    np.testing.assert_allclose(mixed_y.numpy(), mixed_x.numpy(), atol=1e-6)
+    lams = [float(sample_mixup(4, 1.0, tf.constant([0, s])).lam) for s in range(400)]
+    assert 0.45 < np.mean(lams) < 0.55 and 0.06 < np.var(lams) < 0.1  # Beta(1,1) = U(0,1): var 1/12
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_dataset("digits")
+    split = membership_split(data.y, 300, seed=0)
+    return data, split
+
+
+def _wrapper(data, split, **kwargs):
+    inner = build_model("mlp", data.input_shape, 10, seed=0)
+    reference = (data.x[split.reference], data.y[split.reference])
+    model = MMDMixupModel(inner, reference, **kwargs)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    return model
+
+
+def test_gradients_flow_through_training_outputs_only(digits):
+    data, split = digits
+    model = _wrapper(data, split, mmd_weight=1.0)
+    train = tf.constant(data.x[split.members[:32]])
+    reference = tf.constant(data.x[split.reference[:32]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(train)
+        tape.watch(reference)
+        mmd = model._mmd_to_reference(model.inner(train, training=True), reference)
+    assert float(mmd) > 0
+    assert tape.gradient(mmd, reference) is None
+    grad_train = tape.gradient(mmd, train)
+    assert grad_train is not None and float(tf.reduce_max(tf.abs(grad_train))) > 0
+    weight_grads = tape.gradient(mmd, model.inner.trainable_variables)
+    assert all(g is not None for g in weight_grads)
+
+
+def test_mmd_step_reduces_the_discrepancy():
+    # random labels: the network memorizes its members, and its reference outputs stay at chance
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 20), np.float32), np.arange(200) % 4
+    ref_x, ref_y = rng.random((200, 20), np.float32), np.arange(200) % 4
+    model = MMDMixupModel(build_model("mlp", (20,), 4, seed=0), (ref_x, ref_y), mmd_weight=10.0,
+                          mixup_alpha=None, gap_threshold=0.99)  # the gate never opens during fit
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    model.fit(x, y, epochs=40, batch_size=32, verbose=0)
+    assert model.accuracy_on(x, y) > 0.9
+    reference = tf.gather(model.reference_x, model.sampler.sample(tf.constant(y), tf.constant([0, 0])))
+
+    def discrepancy():
+        return float(model._mmd_to_reference(model.inner(x, training=False), reference))
+
+    before = discrepancy()
+    for start in range(0, 200, 40):
+        model.mmd_step(tf.constant(x[start:start + 40]), tf.constant(y[start:start + 40]))
+    assert discrepancy() < 0.5 * before
+    assert model.accuracy_on(x, y) < 0.9  # matching chance-level reference outputs costs memorization
+
+
+def test_joint_gate_stays_shut_below_the_gap_and_opens_above(digits):
+    data, split = digits
+    x, y = data.x[split.members], data.y[split.members]
+    shut = _wrapper(data, split, mmd_weight=1.0, gap_threshold=0.99).fit(x, y, epochs=3, verbose=0)
+    assert shut.history["mmd_active"] == [0.0, 0.0, 0.0]
+    assert shut.history["mmd"] == [0.0, 0.0, 0.0]
+    opened = _wrapper(data, split, mmd_weight=1.0, gap_threshold=0.0).fit(x, y, epochs=3, verbose=0)
+    assert opened.history["mmd_active"] == [0.0, 1.0, 1.0]  # shut during the first epoch (warm-up)
+    assert opened.history["mmd"][0] == 0.0 and opened.history["mmd"][1] > 0.0
+    assert all(np.isfinite(opened.history["ce_loss"]))
+
+
+def test_paper_schedule_runs_the_mmd_pass_except_in_the_last_epoch(digits):
+    data, split = digits
+    x, y = data.x[split.members], data.y[split.members]
+    history = _wrapper(data, split, schedule="paper", mmd_weight=5.0, gap_threshold=0.0).fit(
+        x, y, epochs=3, batch_size=32, verbose=0)
+    assert history.history["mmd_active"] == [1.0, 1.0, 0.0]
+    never = _wrapper(data, split, schedule="paper", mmd_weight=5.0, gap_threshold=0.99)
+    assert never.fit(x, y, epochs=2, verbose=0).history["mmd_active"] == [0.0, 0.0]
+
+
+def test_paper_schedule_pass_changes_the_model(digits):
+    data, split = digits
+    x, y = data.x[split.members], data.y[split.members]
+    runs = {}
+    for threshold in (0.0, 0.99):  # same seed: only the MMD pass differs
+        model = _wrapper(data, split, schedule="paper", mmd_weight=50.0, gap_threshold=threshold)
+        tf.keras.utils.set_random_seed(0)
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+        runs[threshold] = model.inner.get_weights()[0]
+    assert not np.allclose(runs[0.0], runs[0.99])
+
+
+def test_fit_evaluate_predict_callbacks_and_class_weight(digits):
+    data, split = digits
+    model = _wrapper(data, split, mmd_weight=1.0, mixup_alpha=1.0)
+    x, y = data.x[split.members], data.y[split.members]
+    seen = []
+    history = model.fit(
+        x, y, epochs=2, batch_size=32, verbose=0,
+        validation_data=(data.x[split.non_members], data.y[split.non_members]),
+        class_weight={c: 1.0 + c / 10 for c in range(10)},
+        callbacks=[tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
+    )
+    assert seen == [0, 1]
+    expected = {"loss", "ce_loss", "mmd", "accuracy", "val_loss", "val_accuracy", "mmd_gap"}
+    assert expected <= set(history.history)
+    x_test, y_test = data.x[split.non_members], data.y[split.non_members]
+    results = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "accuracy"}
+    predictions = model.predict(data.x[:5], verbose=0)
+    np.testing.assert_allclose(predictions, model.inner(data.x[:5]).numpy(), atol=1e-5)
+
+
+def test_probability_outputs_are_accepted(digits):
+    data, split = digits
+    inner = tf.keras.Sequential([tf.keras.Input(data.input_shape), tf.keras.layers.Flatten(),
+                                 tf.keras.layers.Dense(10, activation="softmax")])
+    model = MMDMixupModel(inner, (data.x[split.reference], data.y[split.reference]), mmd_weight=1.0)
+    assert model.output_kind == "probabilities"
+    model.compile(optimizer="adam", metrics=["accuracy"])
+    history = model.fit(data.x[split.members], data.y[split.members], epochs=2, verbose=0)
+    assert history.history["ce_loss"][1] < history.history["ce_loss"][0]
+
+
+def test_config_round_trip_and_keras_file(digits, tmp_path):
+    data, split = digits
+    model = _wrapper(data, split, mmd_weight=2.5, mixup_alpha=0.4, bandwidths=(0.5, 1.0), schedule="paper")
+    config = model.get_config()
+    clone = MMDMixupModel.from_config(config)
+    clone.set_weights(model.get_weights())
+    assert clone.get_config() == config
+    np.testing.assert_array_equal(clone.reference_y.numpy(), model.reference_y.numpy())
+    np.testing.assert_allclose(clone.predict(data.x[:8], verbose=0), model.predict(data.x[:8], verbose=0))
+    model.save(tmp_path / "wrapped.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "wrapped.keras")
+    assert isinstance(loaded, MMDMixupModel) and loaded.mmd_weight == 2.5
+    np.testing.assert_allclose(loaded.predict(data.x[:8], verbose=0), model.predict(data.x[:8], verbose=0))
+    np.testing.assert_array_equal(loaded.reference_x.numpy(), model.reference_x.numpy())
+
+
+def test_export_writes_the_plain_inner_network(digits, tmp_path):
+    data, split = digits
+    model = _wrapper(data, split, mmd_weight=1.0)
+    model.fit(data.x[split.members], data.y[split.members], epochs=1, verbose=0)
+    model.export(str(tmp_path / "served"))
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    variables = {v.name for v in served.variables}
+    assert not any("reference" in name or "gate" in name for name in variables)
+    logits = served.signatures["serving_default"](tf.constant(data.x[:16]))["output_0"].numpy()
+    np.testing.assert_allclose(logits, model.inner(data.x[:16]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mmd_weight": -1.0}, "mmd_weight must be a number >= 0"),
+        ({"mixup_alpha": 0.0}, "mixup alpha must be a positive number"),
+        ({"schedule": "cosine"}, "unknown MMD schedule 'cosine'"),
+        ({"bandwidths": (1.0, -2.0)}, "bandwidths must be positive"),
+        ({"estimator": "linear"}, "unknown MMD estimator"),
+        ({"reference": "wrong_shape"}, r"shape \(32,\) per example but the model takes \(8, 8, 1\)"),
+        ({"reference": "too_many_classes"}, "reference labels go up to 11 but the model has 10 classes"),
+        ({"reference": "missing_classes"}, "classes 3, 7 have no reference records"),
+        ({"reference": "nan"}, "NaN"),
+        ({"model": "sigmoid"}, "applies 'sigmoid'.* not a class distribution"),
+        ({"model": "one_unit"}, r"outputs 1 value\(s\) per example"),
+        ({"model": "rank3"}, r"outputs shape \(None, 10, 2\): a classifier must output \(batch, classes\)"),
+        ({"outputs": "probabilities"}, "do not sum to 1"),
+    ],
+)
+def test_bad_configurations_fail_at_construction(digits, change, message):
+    data, split = digits
+    ref_x, ref_y = data.x[split.reference].copy(), data.y[split.reference].copy()
+    inner = build_model("mlp", data.input_shape, 10, seed=0)
+    change = dict(change)
+    kind = change.pop("reference", None)
+    if kind == "wrong_shape":
+        ref_x = ref_x.reshape(len(ref_x), -1)[:, :32]
+    elif kind == "too_many_classes":
+        ref_y[0] = 11
+    elif kind == "missing_classes":
+        keep = (ref_y != 3) & (ref_y != 7)
+        ref_x, ref_y = ref_x[keep], ref_y[keep]
+    elif kind == "nan":
+        ref_x[2, 0, 0, 0] = np.nan
+    model_kind = change.pop("model", None)
+    if model_kind == "sigmoid":
+        inner = tf.keras.Sequential([tf.keras.Input(data.input_shape), tf.keras.layers.Flatten(),
+                                     tf.keras.layers.Dense(10, activation="sigmoid")])
+    elif model_kind == "one_unit":
+        inner = build_model("mlp", data.input_shape, 10)
+        inner = tf.keras.Model(inner.inputs, tf.keras.layers.Dense(1)(inner.outputs[0]))
+    elif model_kind == "rank3":
+        flat = tf.keras.layers.Flatten()(inner.inputs[0])
+        reshaped = tf.keras.layers.Reshape((10, 2))(tf.keras.layers.Dense(20)(flat))
+        inner = tf.keras.Model(inner.inputs, reshaped)
+    with pytest.raises(TfmiError, match=message):
+        MMDMixupModel(inner, (ref_x, ref_y), **change)
+
+
+def test_fit_needs_arrays_and_compile_refuses_a_loss(digits):
+    data, split = digits
+    model = _wrapper(data, split, mmd_weight=1.0)
+    dataset = tf.data.Dataset.from_tensor_slices((data.x[:64], data.y[:64])).batch(32)
+    with pytest.raises(TfmiError, match="needs x and y as numpy arrays"):
+        model.fit(dataset, epochs=1, verbose=0)
+    with pytest.raises(TfmiError, match="owns its loss"):
+        model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(TfmiError, match=r"labels must be in 0..9"):
+        model.fit(data.x[:10], np.full(10, 12), epochs=1, verbose=0)
+
+
+def test_mirrored_strategy_on_two_logical_cpus():
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tfmi.data import load_dataset, membership_split
+        from tfmi.defenses.mmd_mixup import MMDMixupModel
+        from tfmi.models import build_model
+        data = load_dataset("digits"); split = membership_split(data.y, 300, seed=0)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2
+        for schedule in ("joint", "paper"):
+            with strategy.scope():
+                model = MMDMixupModel(build_model("mlp", data.input_shape, 10, seed=0),
+                                      (data.x[split.reference], data.y[split.reference]),
+                                      mmd_weight=2.0, schedule=schedule, gap_threshold=0.0)
+                model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+            h = model.fit(data.x[split.members], data.y[split.members], epochs=3, batch_size=64, verbose=0)
+            assert all(np.isfinite(h.history["loss"])), h.history
+            assert h.history["mmd_active"][1] == 1.0, h.history
+            assert h.history["accuracy"][-1] > h.history["accuracy"][0], h.history
+            print(schedule, "ok", round(h.history["accuracy"][-1], 3))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "joint ok" in result.stdout and "paper ok" in result.stdout
