@@ -10,3 +10,63 @@ data_dir_option = click.option(
     envvar=DATA_DIR_ENV,
     help=f"Folder holding dataset files (archives, .npz, JPEG tarballs). Env: {DATA_DIR_ENV}.",
 )
+
+
+def _defense_option(flag: str, field: str, kind, help_text: str, **kwargs):
+    return click.option(flag, field, type=kind, default=None, help=help_text, **kwargs)
+
+
+# (flag, DefenseConfig field, type, help); unset options keep DefenseConfig's defaults
+DEFENSE_OPTIONS = [
+    ("--mmd-weight", "mmd_weight", float,
+     "MMD weight lambda (mmd, mmd-mixup) [default: 6.5 for the paper schedule, 1.0 for joint]."),
+    ("--mmd-schedule", "mmd_schedule", click.Choice(["paper", "joint"]),
+     "paper: CE pass then an MMD-only pass per epoch (the authors'); joint: one summed step [paper]."),
+    ("--mmd-bandwidth", "mmd_bandwidths", float,
+     "Gaussian kernel bandwidth; repeat for a sum of kernels [1.0]."),
+    ("--gap-threshold", "gap_threshold", float,
+     "Train/reference accuracy gap that switches MMD on [0.03]."),
+    ("--mixup-alpha", "mixup_alpha", float, "Mixup Beta(alpha, alpha) (mixup, mmd-mixup) [1.0]."),
+    ("--l2", "l2", float, "Weight decay coefficient (l2) [1e-3]."),
+    ("--dropout", "dropout", float, "Dropout rate (dropout) [0.5]."),
+    ("--label-smoothing", "label_smoothing", float, "Label smoothing epsilon (label-smoothing) [0.1]."),
+    ("--patience", "patience", int,
+     "Epochs without improvement of the reference-set loss before stopping (early-stopping) [5]."),
+    ("--l2-norm-clip", "l2_norm_clip", float, "Per-example gradient clip norm (dp-sgd) [1.0]."),
+    ("--noise-multiplier", "noise_multiplier", float, "Gaussian noise multiplier (dp-sgd) [1.0]."),
+    ("--target-epsilon", "target_epsilon", float,
+     "Find the noise multiplier that spends this epsilon (dp-sgd; instead of --noise-multiplier)."),
+    ("--delta", "delta", float, "DP delta (dp-sgd) [min(1e-5, 1/n)]."),
+    ("--microbatches", "microbatches", int, "Microbatches per batch (dp-sgd; must divide the batch size)."),
+    ("--dp-path", "dp_path", click.Choice(["auto", "fast", "vectorized", "microbatched"]),
+     "tensorflow-privacy implementation (dp-sgd) [auto: the fastest that supports the model]."),
+    ("--adv-weight", "adv_weight", float, "Adversarial regularization weight lambda (advreg) [1.0]."),
+    ("--attack-steps", "attack_steps", int, "Inference-model steps per classifier step (advreg) [1]."),
+    ("--relax-alpha", "relax_alpha", float, "Target loss level alpha (relaxloss) [1.0]."),
+]
+
+
+def defense_options(command):
+    """Add `--defense` and every defense parameter to a click command."""
+    from tfmi.defenses.config import DEFENSE_NAMES
+
+    for flag, field, kind, help_text in reversed(DEFENSE_OPTIONS):
+        extra = {"multiple": True} if field == "mmd_bandwidths" else {}
+        command = _defense_option(flag, field, kind, help_text, **extra)(command)
+    return click.option(
+        "--defense", default="none", show_default=True,
+        help=f"Training-time defense: {', '.join(DEFENSE_NAMES)}.",
+    )(command)
+
+
+def defense_from_options(name: str, values: dict):
+    """A DefenseConfig from the CLI values that were set (empty multiple options count as unset)."""
+    from tfmi.defenses.config import DefenseConfig
+
+    chosen = {}
+    for _, field, _, _ in DEFENSE_OPTIONS:
+        value = values.pop(field, None)
+        if value is None or value == ():
+            continue
+        chosen[field] = tuple(value) if field == "mmd_bandwidths" else value
+    return DefenseConfig(name, **chosen)

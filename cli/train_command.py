@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_dir_option
+from cli.options import data_dir_option, defense_from_options, defense_options
 
 DEFAULT_MODELS_DIR = Path("saved_models")
 
@@ -34,11 +34,16 @@ DEFAULT_MODELS_DIR = Path("saved_models")
               help="Held-out reference records for the MMD defense "
                    "[default: min(target size, half the rest)].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output directory [default: saved_models/<dataset>-<model>-seed<seed>].")
+              help="Output directory [default: saved_models/<dataset>-<model>-<defense>-seed<seed>].")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@defense_options
 def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learning_rate, seed,
-          target_size, reference_size, out, force) -> None:
-    """Train a target model on its members and save it (SavedModel, .keras, split, JSON sidecar)."""
+          target_size, reference_size, out, force, defense, **defense_values) -> None:
+    """Train a target model on its members and save it (SavedModel, .keras, split, JSON sidecar).
+
+    With --defense, the model is trained with a membership-inference defense; its parameters are
+    recorded in the sidecar (for dp-sgd with the achieved epsilon and delta).
+    """
     from tfmi.artifacts import check_output_dir, write_model_dir
     from tfmi.data import load_dataset, membership_split
     from tfmi.environment import library_versions
@@ -52,9 +57,11 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
         raise TfmiError(f"unknown model {model_name!r}: use one of {', '.join(MODEL_NAMES)}")
     config = TrainConfig(model_name, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, seed=seed)
+    defense_config = defense_from_options(defense, defense_values)
     target_size = target_size or data.default_target_size
     split = membership_split(data.y, target_size, reference_size, seed=seed)
-    out = check_output_dir(out or DEFAULT_MODELS_DIR / f"{data.name}-{model_name}-seed{seed}", force)
+    default_out = DEFAULT_MODELS_DIR / f"{data.name}-{model_name}-{defense_config.name}-seed{seed}"
+    out = check_output_dir(out or default_out, force)
 
     sizes = split.sizes()
     click.echo(f"dataset  {data.name} from {data.source}: {len(data)} records, "
@@ -62,11 +69,12 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     click.echo(f"split    seed {seed}: {sizes['members']} members, {sizes['non_members']} non-members, "
                f"{sizes['reference']} reference, {sizes['shadow_pool']} shadow pool")
     click.echo(f"model    {model_name}, {epochs} epochs, batch {batch_size}, Adam lr {learning_rate:g}")
+    click.echo("defense  " + ", ".join(f"{k} {v}" for k, v in defense_config.to_dict().items()))
 
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    trained = train_target(data, split, config, verbose=1 if sys.stdout.isatty() else 2)
+    trained = train_target(data, split, config, defense_config, verbose=1 if sys.stdout.isatty() else 2)
     sidecar = {
         "tfmi_version": library_versions()["tfmi"],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -79,6 +87,7 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
         },
         "model": {"name": model_name, "outputs": "logits"},
         "training": config.to_dict(),
+        "defense": trained.defense,
         "split": {"seed": split.seed, "file": "split.npz", "sizes": sizes},
         "metrics": {
             "train_accuracy": trained.train_accuracy,
@@ -92,4 +101,8 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     write_model_dir(out, trained.model, split, sidecar, force=force)
     click.echo(f"accuracy train {trained.train_accuracy:.4f}  test {trained.test_accuracy:.4f}  "
                f"gap {trained.generalization_gap:.4f}")
+    accounting = trained.defense.get("accounting")
+    if accounting:
+        click.echo(f"privacy  epsilon {accounting['epsilon']:.3g} at delta {accounting['delta']:.3g} "
+                   f"(noise multiplier {accounting['noise_multiplier']:.4g}, {accounting['accountant']})")
     click.echo(f"saved    {out}/ (saved_model/, model.keras, split.npz, tfmi.json)")

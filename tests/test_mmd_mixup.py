@@ -146,13 +146,22 @@ def test_mmd_step_reduces_the_discrepancy():
 def test_joint_gate_stays_shut_below_the_gap_and_opens_above(digits):
     data, split = digits
     x, y = data.x[split.members], data.y[split.members]
-    shut = _wrapper(data, split, mmd_weight=1.0, gap_threshold=0.99).fit(x, y, epochs=3, verbose=0)
+    shut = _wrapper(data, split, schedule="joint", mmd_weight=1.0, gap_threshold=0.99)
+    shut = shut.fit(x, y, epochs=3, verbose=0)
     assert shut.history["mmd_active"] == [0.0, 0.0, 0.0]
     assert shut.history["mmd"] == [0.0, 0.0, 0.0]
-    opened = _wrapper(data, split, mmd_weight=1.0, gap_threshold=0.0).fit(x, y, epochs=3, verbose=0)
+    opened = _wrapper(data, split, schedule="joint", mmd_weight=1.0, gap_threshold=0.0)
+    opened = opened.fit(x, y, epochs=3, verbose=0)
     assert opened.history["mmd_active"] == [0.0, 1.0, 1.0]  # shut during the first epoch (warm-up)
     assert opened.history["mmd"][0] == 0.0 and opened.history["mmd"][1] > 0.0
     assert all(np.isfinite(opened.history["ce_loss"]))
+
+
+def test_joint_schedule_on_identically_mixed_reference_batches(digits):
+    data, split = digits
+    model = _wrapper(data, split, schedule="joint", mmd_inputs="mixed", mmd_weight=1.0, gap_threshold=0.0)
+    history = model.fit(data.x[split.members], data.y[split.members], epochs=2, verbose=0)
+    assert history.history["mmd_active"] == [0.0, 1.0] and history.history["mmd"][1] > 0.0
 
 
 def test_paper_schedule_runs_the_mmd_pass_except_in_the_last_epoch(digits):
@@ -179,7 +188,7 @@ def test_paper_schedule_pass_changes_the_model(digits):
 
 def test_fit_evaluate_predict_callbacks_and_class_weight(digits):
     data, split = digits
-    model = _wrapper(data, split, mmd_weight=1.0, mixup_alpha=1.0)
+    model = _wrapper(data, split, schedule="joint", mmd_weight=1.0, mixup_alpha=1.0)
     x, y = data.x[split.members], data.y[split.members]
     seen = []
     history = model.fit(
@@ -245,6 +254,8 @@ def test_export_writes_the_plain_inner_network(digits, tmp_path):
         ({"schedule": "cosine"}, "unknown MMD schedule 'cosine'"),
         ({"bandwidths": (1.0, -2.0)}, "bandwidths must be positive"),
         ({"estimator": "linear"}, "unknown MMD estimator"),
+        ({"mmd_inputs": "noisy"}, "mmd_inputs must be 'clean' or 'mixed'"),
+        ({"gap_threshold": 1.5}, r"gap_threshold must be in \[0, 1\)"),
         ({"reference": "wrong_shape"}, r"shape \(32,\) per example but the model takes \(8, 8, 1\)"),
         ({"reference": "too_many_classes"}, "reference labels go up to 11 but the model has 10 classes"),
         ({"reference": "missing_classes"}, "classes 3, 7 have no reference records"),

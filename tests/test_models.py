@@ -63,3 +63,15 @@ def test_bad_model_requests(kwargs, message):
     args = {"name": "mlp", "input_shape": (8,), "num_classes": 3} | kwargs
     with pytest.raises(TfmiError, match=message):
         build_model(args.pop("name"), **args)
+
+
+def test_l2_weight_decay_adds_a_loss_per_kernel():
+    plain = build_model("cnn", (8, 8, 1), 10)
+    decayed = build_model("cnn", (8, 8, 1), 10, l2=1e-3)
+    assert plain.losses == []
+    kernels = [w for w in decayed.trainable_weights if "kernel" in w.name]
+    assert len(decayed.losses) == len(kernels) == 4
+    expected = 1e-3 * sum(float(tf.reduce_sum(tf.square(k))) for k in kernels)
+    assert float(tf.add_n(decayed.losses)) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(TfmiError, match="l2 weight decay"):
+        build_model("mlp", (4,), 2, l2=-1.0)

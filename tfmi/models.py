@@ -26,6 +26,10 @@ def _inputs(input_shape: Sequence[int]) -> tf.keras.Input:
     return tf.keras.Input(shape=tuple(int(d) for d in input_shape), name="features")
 
 
+def _logits(x, num_classes: int, reg):
+    return layers.Dense(num_classes, name="logits", kernel_regularizer=reg)(x)
+
+
 def _dropout(x, rate: float):
     return layers.Dropout(rate)(x) if rate > 0 else x
 
@@ -42,70 +46,73 @@ def _as_image(inputs, input_shape: Sequence[int], model_name: str):
     )
 
 
-def tabular_mlp(input_shape, num_classes, dropout=0.0, units=(1024, 512, 256, 128)):
+def tabular_mlp(input_shape, num_classes, dropout=0.0, reg=None, units=(1024, 512, 256, 128)):
     """Fully connected tanh network (Nasr et al. 2018) ending in a logits layer."""
     inputs = _inputs(input_shape)
     x = layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
     for width in units:
-        x = _dropout(layers.Dense(width, activation="tanh")(x), dropout)
-    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mlp")
+        x = _dropout(layers.Dense(width, activation="tanh", kernel_regularizer=reg)(x), dropout)
+    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="mlp")
 
 
-def small_cnn(input_shape, num_classes, dropout=0.0):
+def small_cnn(input_shape, num_classes, dropout=0.0, reg=None):
     """Two conv layers (32, 64 filters, 3x3), pooling down to <= 7 pixels, a 128-unit dense layer."""
     inputs = _inputs(input_shape)
     x = _as_image(inputs, input_shape, "cnn")
     side = min(int(input_shape[0]), int(input_shape[1]))
     for filters in (32, 64):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_regularizer=reg)(x)
         if side >= 8:
             x = layers.MaxPooling2D(2)(x)
             side //= 2
     x = layers.Flatten()(x)
-    x = _dropout(layers.Dense(128, activation="relu")(x), dropout)
-    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="cnn")
+    x = _dropout(layers.Dense(128, activation="relu", kernel_regularizer=reg)(x), dropout)
+    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="cnn")
 
 
-def alexnet(input_shape, num_classes, dropout=0.0):
+def alexnet(input_shape, num_classes, dropout=0.0, reg=None):
     """AlexNet-style CIFAR network: five conv layers (64-192-384-256-256), three max-pools."""
     inputs = _inputs(input_shape)
     x = _as_image(inputs, input_shape, "alexnet")
-    x = layers.Conv2D(64, 11, strides=4, padding="same", activation="relu")(x)
+
+    def conv(filters, size, **kwargs):
+        return layers.Conv2D(filters, size, padding="same", activation="relu", kernel_regularizer=reg,
+                             **kwargs)
+
+    x = conv(64, 11, strides=4)(x)
     x = layers.MaxPooling2D(2, padding="same")(x)
-    x = layers.Conv2D(192, 5, padding="same", activation="relu")(x)
+    x = conv(192, 5)(x)
     x = layers.MaxPooling2D(2, padding="same")(x)
-    x = layers.Conv2D(384, 3, padding="same", activation="relu")(x)
-    x = layers.Conv2D(256, 3, padding="same", activation="relu")(x)
-    x = layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+    x = conv(256, 3)(conv(256, 3)(conv(384, 3)(x)))
     x = layers.MaxPooling2D(2, padding="same")(x)
     x = _dropout(layers.Flatten()(x), dropout)
-    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="alexnet")
+    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="alexnet")
 
 
-def _residual_block(x, filters: int, stride: int):
+def _resnet_conv(filters: int, size: int, reg, stride: int = 1):
+    return layers.Conv2D(filters, size, strides=stride, padding="same", use_bias=False,
+                         kernel_initializer="he_normal", kernel_regularizer=reg)
+
+
+def _residual_block(x, filters: int, stride: int, reg):
     shortcut = x
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_initializer="he_normal")(x)
-    y = layers.ReLU()(layers.BatchNormalization()(y))
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(y)
-    y = layers.BatchNormalization()(y)
+    y = layers.ReLU()(layers.BatchNormalization()(_resnet_conv(filters, 3, reg, stride)(x)))
+    y = layers.BatchNormalization()(_resnet_conv(filters, 3, reg)(y))
     if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
-        shortcut = layers.BatchNormalization()(shortcut)
+        shortcut = layers.BatchNormalization()(_resnet_conv(filters, 1, reg, stride)(shortcut))
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
-def resnet20(input_shape, num_classes, dropout=0.0):
+def resnet20(input_shape, num_classes, dropout=0.0, reg=None):
     """ResNet-20 for 32x32 images (He et al. 2016): 3 stages x 3 basic blocks, 16/32/64 filters."""
     inputs = _inputs(input_shape)
     x = _as_image(inputs, input_shape, "resnet20")
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
-    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(layers.BatchNormalization()(_resnet_conv(16, 3, reg)(x)))
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(3):
-            x = _residual_block(x, filters, stride=2 if stage > 0 and block == 0 else 1)
+            x = _residual_block(x, filters, 2 if stage > 0 and block == 0 else 1, reg)
     x = _dropout(layers.GlobalAveragePooling2D()(x), dropout)
-    return tf.keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="resnet20")
+    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="resnet20")
 
 
 MODEL_BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
@@ -123,11 +130,14 @@ def build_model(
     num_classes: int,
     *,
     dropout: float = 0.0,
+    l2: float = 0.0,
     seed: int | None = None,
 ) -> tf.keras.Model:
     """Build zoo model ``name`` for inputs of ``input_shape`` (no batch axis); outputs logits.
 
-    ``seed`` makes the initial weights reproducible (it seeds TensorFlow's global generator).
+    ``dropout`` adds dropout after hidden dense layers (before the logits of conv nets); ``l2``
+    adds weight decay ``l2 * ||W||^2`` on every kernel to the training loss. ``seed`` makes the
+    initial weights reproducible (it seeds TensorFlow's global generator).
 
     >>> build_model("cnn", (8, 8, 1), 10).output_shape
     (None, 10)
@@ -139,6 +149,9 @@ def build_model(
         raise TfmiError(f"a classifier needs at least 2 classes, got {num_classes}")
     if not 0.0 <= dropout < 1.0:
         raise TfmiError(f"dropout rate must be in [0, 1), got {dropout}")
+    if not l2 >= 0.0:
+        raise TfmiError(f"l2 weight decay must be >= 0, got {l2}")
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
-    return builder(tuple(input_shape), int(num_classes), dropout=dropout)
+    reg = tf.keras.regularizers.L2(l2) if l2 > 0 else None
+    return builder(tuple(input_shape), int(num_classes), dropout=dropout, reg=reg)

@@ -1,4 +1,5 @@
-"""Train a target model on its members: the one training entry point the CLI and benchmarks share."""
+"""Train a target model on its members, with or without a defense: the one training entry point
+the CLI and the benchmarks share."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import tensorflow as tf
 
 from tfmi.data.dataset import Dataset
 from tfmi.data.splits import MembershipSplit
+from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
 from tfmi.models import build_model
 
 PREDICT_BATCH_SIZE = 1024
+DEFAULT_NOISE_MULTIPLIER = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class TrainedTarget:
     train_accuracy: float
     test_accuracy: float
     history: dict[str, list[float]] = field(default_factory=dict)
+    defense: dict = field(default_factory=lambda: {"name": "none"})
 
     @property
     def generalization_gap(self) -> float:
@@ -83,55 +87,145 @@ def _optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
     return tf.keras.optimizers.Adam(config.learning_rate)
 
 
+@dataclass
+class TrainingPlan:
+    """What `fit` is called on, and how, for one defense: the compiled trainable model (a wrapper
+    for MMD, AdvReg, RelaxLoss, a DP model for DP-SGD), the plain network inside it, and what to
+    record about the defense."""
+
+    trainable: tf.keras.Model
+    inner: tf.keras.Model
+    one_hot_labels: bool = False
+    validate_on_reference: bool = False
+    callbacks: list = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+
+
+def plan_training(
+    data: Dataset, split: MembershipSplit, config: TrainConfig, defense: DefenseConfig
+) -> TrainingPlan:
+    """Build and compile the model ``defense`` trains, without training it."""
+    name = defense.name
+    inner = build_model(
+        config.model, data.input_shape, data.num_classes, seed=config.seed,
+        dropout=defense.dropout if name == "dropout" else config.dropout,
+        l2=defense.l2 if name == "l2" else 0.0,
+    )
+    reference = (data.x[split.reference], data.y[split.reference])
+    plan = TrainingPlan(trainable=inner, inner=inner, record=defense.to_dict())
+    if name in ("mmd", "mixup", "mmd-mixup"):
+        from tfmi.defenses.mmd_mixup import MMDMixupModel
+
+        plan.trainable = MMDMixupModel(
+            inner, reference,
+            mmd_weight=0.0 if name == "mixup" else defense.mmd_weight,
+            mixup_alpha=None if name == "mmd" else defense.mixup_alpha,
+            bandwidths=defense.mmd_bandwidths, schedule=defense.mmd_schedule,
+            gap_threshold=defense.gap_threshold, seed=config.seed,
+        )
+        plan.record["mmd_weight"] = plan.trainable.mmd_weight
+        plan.trainable.compile(optimizer=_optimizer(config), metrics=["accuracy"])
+    elif name == "advreg":
+        from tfmi.defenses.advreg import AdvRegModel
+
+        plan.trainable = AdvRegModel(inner, reference, adv_weight=defense.adv_weight,
+                                     attack_steps=defense.attack_steps, seed=config.seed)
+        plan.trainable.compile(optimizer=_optimizer(config), metrics=["accuracy"])
+    elif name == "relaxloss":
+        from tfmi.defenses.relaxloss import RelaxLossModel
+
+        plan.trainable = RelaxLossModel(inner, alpha=defense.relax_alpha, seed=config.seed)
+        plan.trainable.compile(optimizer=_optimizer(config), metrics=["accuracy"])
+    elif name == "dp-sgd":
+        from tfmi.defenses.dp_sgd import DPSGDConfig, make_dp_model
+
+        noise = defense.noise_multiplier
+        if noise is None and defense.target_epsilon is None:
+            noise = DEFAULT_NOISE_MULTIPLIER
+        dp_config = DPSGDConfig(
+            l2_norm_clip=defense.l2_norm_clip, noise_multiplier=noise,
+            target_epsilon=defense.target_epsilon, delta=defense.delta, optimizer=config.optimizer,
+            path=defense.dp_path, num_microbatches=defense.microbatches,
+        )
+        plan.trainable, accounting = make_dp_model(
+            inner, dp_config, num_examples=len(split.members), batch_size=config.batch_size,
+            epochs=config.epochs, learning_rate=config.learning_rate,
+        )
+        plan.record["accounting"] = accounting.to_dict()
+    elif name == "label-smoothing":
+        inner.compile(
+            optimizer=_optimizer(config),
+            loss=tf.keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=defense.label_smoothing),
+            metrics=[tf.keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+        plan.one_hot_labels = True
+    else:  # none, l2, dropout, early-stopping: plain training of the (regularized) network
+        inner.compile(
+            optimizer=_optimizer(config),
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    if name == "early-stopping":
+        plan.validate_on_reference = True
+        plan.callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=defense.patience, restore_best_weights=True))
+    return plan
+
+
 def train_target(
     data: Dataset,
     split: MembershipSplit,
     config: TrainConfig,
+    defense: DefenseConfig | None = None,
     *,
     verbose: int | str = "auto",
     callbacks: list[tf.keras.callbacks.Callback] | None = None,
 ) -> TrainedTarget:
-    """Train ``config.model`` on the split's members; report accuracy on members and non-members.
+    """Train ``config.model`` on the split's members with a defense; report train and test accuracy.
 
     Seeds Python, NumPy and TensorFlow with ``config.seed``. The non-members serve as Keras
-    validation data, so the progress bar shows the generalization gap opening epoch by epoch.
+    validation data (so the progress bar shows the generalization gap opening), except under
+    early stopping, which monitors the held-out reference set: the non-members never steer training.
+    The returned model is always the plain network (logits), whatever defense trained it.
 
     >>> from tfmi.data import load_dataset, membership_split
     >>> data = load_dataset("digits")
     >>> split = membership_split(data.y, target_size=200, seed=0)
-    >>> trained = train_target(data, split, TrainConfig("cnn", epochs=2), verbose=0)
-    >>> 0.0 <= trained.test_accuracy <= 1.0
-    True
+    >>> trained = train_target(data, split, TrainConfig("cnn", epochs=2), DefenseConfig("l2"), verbose=0)
+    >>> 0.0 <= trained.test_accuracy <= 1.0, trained.defense["name"]
+    (True, 'l2')
     """
+    defense = defense or DefenseConfig()
     if len(split.members) == 0 or len(split.non_members) == 0:
         raise TfmiError("the split has no members or no non-members: increase the target size")
     if max(split.members.max(), split.non_members.max()) >= len(data):
         raise TfmiError(
             f"the split indexes records beyond the dataset's {len(data)}: it was drawn for other data"
         )
+    plan = plan_training(data, split, config, defense)
     x_train, y_train = data.x[split.members], data.y[split.members]
     x_test, y_test = data.x[split.non_members], data.y[split.non_members]
-    model = build_model(
-        config.model, data.input_shape, data.num_classes, dropout=config.dropout, seed=config.seed
-    )
-    model.compile(
-        optimizer=_optimizer(config),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    history = model.fit(
-        x_train, y_train,
-        validation_data=(x_test, y_test),
+    x_val, y_val = (data.x[split.reference], data.y[split.reference]) if plan.validate_on_reference \
+        else (x_test, y_test)
+    if plan.one_hot_labels:
+        y_fit, y_val = (tf.keras.utils.to_categorical(v, data.num_classes) for v in (y_train, y_val))
+    else:
+        y_fit = y_train
+    history = plan.trainable.fit(
+        x_train, y_fit,
+        validation_data=(x_val, y_val),
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,
         verbose=verbose,
-        callbacks=callbacks,
+        callbacks=[*plan.callbacks, *(callbacks or [])],
     )
     return TrainedTarget(
-        model=model,
+        model=plan.inner,
         config=config,
-        train_accuracy=accuracy(model, x_train, y_train),
-        test_accuracy=accuracy(model, x_test, y_test),
+        train_accuracy=accuracy(plan.inner, x_train, y_train),
+        test_accuracy=accuracy(plan.inner, x_test, y_test),
         history={k: [float(v) for v in values] for k, values in history.history.items()},
+        defense=plan.record,
     )

@@ -6,16 +6,17 @@ records (constants: no gradient flows through them), and train on mixup batches.
 
 Two schedules:
 
-- ``"joint"`` (default): every step minimizes ``CE_mixup + mmd_weight * gate * MMD^2``. The MMD term
-  compares the outputs on the mixed training batch with those on the reference batch mixed the same
-  way (same coefficient and partner positions, and the reference rows have the training rows'
-  classes), so one extra forward pass (no backward) pays for it. ``gate`` is 0 until the gap between
-  accuracy on the training data and on the reference data reaches ``gap_threshold`` (re-measured
-  after every epoch): matching an untrained network's near-uniform reference outputs is an easy
-  minimum that collapses training.
-- ``"paper"``: the authors' schedule. Each epoch runs a (mixup) cross-entropy pass; then, if the
-  train/reference accuracy gap is at least ``gap_threshold`` and it is not the last epoch, a second
-  pass over class-sorted clean training batches takes steps on ``mmd_weight * MMD^2`` alone.
+- ``"paper"`` (default): the authors' schedule. Each epoch runs a (mixup) cross-entropy pass; then, if
+  the train/reference accuracy gap is at least ``gap_threshold`` and it is not the last epoch, a
+  second pass over class-sorted clean training batches takes steps on ``mmd_weight * MMD^2`` alone.
+- ``"joint"``: every step minimizes ``CE_mixup + mmd_weight * gate * MMD^2`` in one optimizer step.
+  The MMD term compares the outputs on the clean training batch (computed in the same forward call
+  as the mixed batch) with those on a class-matched reference batch (forward only, no backward).
+  With ``mmd_inputs="mixed"`` it instead compares the mixed batch's outputs with those of the
+  reference batch mixed the same way (same coefficient and partner positions; cheaper, but on
+  Location30 it did not close the gap). ``gate`` is 0 until the gap between accuracy on the training
+  data and on the reference data reaches ``gap_threshold`` (re-measured after every epoch): matching
+  an untrained network's near-uniform reference outputs is an easy minimum that collapses training.
 
 >>> import numpy as np, tensorflow as tf
 >>> from tfmi.models import build_model
@@ -39,13 +40,13 @@ import tensorflow as tf
 
 from tfmi.data.dataset import check_features, check_labels
 from tfmi.defenses.base import DefendedModel, classifier_shape
+from tfmi.defenses.config import DEFAULT_MMD_WEIGHT
 from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
 from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
 from tfmi.errors import TfmiError
 
-SCHEDULES = ("joint", "paper")
-DEFAULT_MMD_WEIGHT = {"joint": 1.0, "paper": 6.5}
-EVAL_BATCH_SIZE = 1024
+SCHEDULES = tuple(DEFAULT_MMD_WEIGHT)
+EVAL_BATCH_SIZE = 4096
 
 
 @tf.keras.saving.register_keras_serializable(package="tfmi")
@@ -57,12 +58,13 @@ class MMDMixupModel(DefendedModel):
         reference_data: ``(x_ref, y_ref)``, held-out records disjoint from the training data
             (a membership split's ``reference`` part); every training class must occur in it.
         mmd_weight: lambda, the weight of MMD^2 (0 turns MMD off: mixup alone). Default by
-            schedule: joint 1.0, paper 6.5 (the authors' Location30 value).
+            schedule: paper 6.5 (the authors' Location30 value), joint 5.0.
         mixup_alpha: Beta(alpha, alpha) of mixup; None turns mixup off (MMD alone).
         bandwidths: Gaussian kernel bandwidth(s) sigma, summed over when several.
         schedule: ``"joint"`` or ``"paper"`` (module docstring).
         gap_threshold: train/reference accuracy gap that switches MMD on (0.03 = 3 points).
         estimator: ``"biased"`` (the authors') or ``"unbiased"`` MMD^2.
+        mmd_inputs: joint schedule with mixup: ``"clean"`` or ``"mixed"`` training outputs for MMD.
         outputs: ``"auto"``, ``"logits"`` or ``"probabilities"``.
         seed: seeds mixup and reference sampling (stateless, reproducible).
     """
@@ -75,7 +77,7 @@ class MMDMixupModel(DefendedModel):
         mmd_weight: float | None = None,
         mixup_alpha: float | None = 1.0,
         bandwidths: float | Sequence[float] = (1.0,),
-        schedule: str = "joint",
+        schedule: str = "paper",
         gap_threshold: float = 0.03,
         estimator: str = "biased",
         mmd_inputs: str = "clean",
@@ -160,8 +162,15 @@ class MMDMixupModel(DefendedModel):
             mmd_on_mixed = self.mixup_alpha is not None and self.mmd_inputs == "mixed"
             if mmd_on_mixed:
                 reference = mix(reference, draw)
-            # clean training outputs for MMD come from the same forward pass as the mixed ones
+            # clean training outputs for MMD come from the same forward call as the mixed ones
             extra_clean = self.mixup_alpha is not None and not mmd_on_mixed
+            # the reference forward pass is a constant to the gradient: run it outside the tape,
+            # and not at all while the gate is shut
+            reference_probabilities = tf.cond(
+                self.mmd_gate > 0,
+                lambda: self._reference_probabilities(reference),
+                lambda: tf.zeros([tf.shape(x)[0], self.num_classes]),
+            )
         with tf.GradientTape() as tape:
             if self.joint_mmd and extra_clean:
                 both = self.inner(tf.concat([inputs, x], axis=0), training=True)
@@ -171,12 +180,9 @@ class MMDMixupModel(DefendedModel):
             ce = self.cross_entropy(targets, outputs)
             total = ce + tf.add_n(self.inner.losses) if self.inner.losses else ce
             if self.joint_mmd:
-                mmd = tf.cond(
-                    self.mmd_gate > 0,
-                    lambda: self._mmd_to_reference(mmd_outputs, reference),
-                    lambda: tf.constant(0.0),
-                )
-                total += self.mmd_weight * self.mmd_gate * mmd
+                mmd = self.mmd_gate * mmd2(self.probabilities(mmd_outputs), reference_probabilities,
+                                           self.bandwidths, self.estimator)
+                total += self.mmd_weight * mmd
             else:
                 mmd = tf.constant(0.0)
         self.apply_gradients(tape, total)
@@ -186,8 +192,11 @@ class MMDMixupModel(DefendedModel):
         self.compiled_metrics.update_state(metric_labels, outputs)
         return {m.name: m.result() for m in self.metrics}
 
+    def _reference_probabilities(self, reference_inputs: tf.Tensor) -> tf.Tensor:
+        return tf.stop_gradient(self.probabilities(self.inner(reference_inputs, training=True)))
+
     def _mmd_to_reference(self, outputs: tf.Tensor, reference_inputs: tf.Tensor) -> tf.Tensor:
-        reference = tf.stop_gradient(self.probabilities(self.inner(reference_inputs, training=True)))
+        reference = self._reference_probabilities(reference_inputs)
         return mmd2(self.probabilities(outputs), reference, self.bandwidths, self.estimator)
 
     def mmd_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -199,6 +208,13 @@ class MMDMixupModel(DefendedModel):
             loss = self.mmd_weight * mmd
         self.apply_gradients(tape, loss)
         return mmd
+
+    @tf.function(reduce_retracing=True)
+    def mmd_pass(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, starts: tf.Tensor, batch_size: int):
+        """`mmd_step` over the batches ``order[s:s + batch_size]`` for ``s`` in ``starts``, in-graph."""
+        for start in starts:
+            batch = order[start:start + batch_size]
+            self.mmd_step(tf.gather(x, batch), tf.gather(y, batch))
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *, callbacks=None, **kwargs):
         """`keras.Model.fit`, with the schedule's per-epoch gap measurement added.
@@ -220,19 +236,19 @@ class MMDMixupModel(DefendedModel):
 
     # --- measurement ---------------------------------------------------------------------------
 
-    def accuracy_on(self, x: np.ndarray | tf.Variable, y: np.ndarray | tf.Variable) -> float:
+    def accuracy_on(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> float:
         """Clean (inference-mode) accuracy of the inner model, computed in large batches."""
-        correct = 0
         n = int(x.shape[0])
-        for start in range(0, n, EVAL_BATCH_SIZE):
-            outputs = self._predict_batch(tf.convert_to_tensor(x[start:start + EVAL_BATCH_SIZE]))
-            labels = np.asarray(y[start:start + EVAL_BATCH_SIZE]).reshape(-1)
-            correct += int(np.sum(np.argmax(outputs, axis=1) == labels))
+        correct = sum(
+            int(self._count_correct(x[start:start + EVAL_BATCH_SIZE], y[start:start + EVAL_BATCH_SIZE]))
+            for start in range(0, n, EVAL_BATCH_SIZE)
+        )
         return correct / n
 
     @tf.function(reduce_retracing=True)
-    def _predict_batch(self, x):
-        return self.inner(x, training=False)
+    def _count_correct(self, x, y):
+        predicted = tf.argmax(self.inner(x, training=False), axis=1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y, [-1]), tf.int32)), tf.int32))
 
     def get_config(self) -> dict:
         return {
@@ -264,11 +280,11 @@ class MMDSchedule(tf.keras.callbacks.Callback):
     def __init__(self, model: MMDMixupModel, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int):
         super().__init__()
         self.defended = model
-        self.x, self.y = x, y
+        self.x, self.y = tf.constant(x), tf.constant(y.astype(np.int32))
         self.batch_size = int(batch_size)
         self.epochs = int(epochs)
         self._rng = np.random.default_rng(model.seed)
-        self._mmd_epoch_fn = None
+        self._distributed_step = None
         self._active = 0.0
 
     def on_train_begin(self, logs=None):
@@ -293,26 +309,25 @@ class MMDSchedule(tf.keras.callbacks.Callback):
     def _run_mmd_pass(self) -> None:
         """Steps on MMD^2 alone over class-sorted clean training batches (paper schedule)."""
         model = self.defended
-        keys = self._rng.random(len(self.y))
-        order = np.lexsort((keys, self.y))  # by class, random within class
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        self._rng.shuffle(batches)
+        labels = self.y.numpy()
+        order = np.lexsort((self._rng.random(len(labels)), labels)).astype(np.int32)  # by class
+        starts = np.arange(0, len(order), self.batch_size, dtype=np.int32)
+        self._rng.shuffle(starts)
         strategy = model.distribute_strategy
-        if self._mmd_epoch_fn is None:
+        if strategy.num_replicas_in_sync == 1:
+            model.mmd_pass(self.x, self.y, tf.constant(order), tf.constant(starts), self.batch_size)
+            return
+        if self._distributed_step is None:
             @tf.function(reduce_retracing=True)
             def step(xb, yb):
                 return strategy.run(model.mmd_step, args=(xb, yb))
 
-            self._mmd_epoch_fn = step
-        for batch in batches:
-            batch = np.sort(batch)
-            xb, yb = self.x[batch], self.y[batch]
-            if strategy.num_replicas_in_sync > 1:
-                dataset = tf.data.Dataset.from_tensors((xb, yb))
-                for dist_x, dist_y in strategy.experimental_distribute_dataset(dataset):
-                    self._mmd_epoch_fn(dist_x, dist_y)
-            else:
-                self._mmd_epoch_fn(tf.constant(xb), tf.constant(yb))
+            self._distributed_step = step
+        for start in starts:
+            batch = np.sort(order[start:start + self.batch_size])
+            dataset = tf.data.Dataset.from_tensors((tf.gather(self.x, batch), tf.gather(self.y, batch)))
+            for dist_x, dist_y in strategy.experimental_distribute_dataset(dataset):
+                self._distributed_step(dist_x, dist_y)
 
 
 def check_reference(
