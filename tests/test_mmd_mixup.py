@@ -112,7 +112,8 @@ def test_gradients_flow_through_training_outputs_only(digits):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(train)
         tape.watch(reference)
-        mmd = model._mmd_to_reference(model.inner(train, training=True), reference)
+        reference_probabilities = model._reference_probabilities(reference)
+        mmd = mmd2(model.probabilities(model.inner(train, training=True)), reference_probabilities)
     assert float(mmd) > 0
     assert tape.gradient(mmd, reference) is None
     grad_train = tape.gradient(mmd, train)
@@ -131,14 +132,17 @@ def test_mmd_step_reduces_the_discrepancy():
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     model.fit(x, y, epochs=40, batch_size=32, verbose=0)
     assert model.accuracy_on(x, y) > 0.9
-    reference = tf.gather(model.reference_x, model.sampler.sample(tf.constant(y), tf.constant([0, 0])))
 
     def discrepancy():
-        return float(model._mmd_to_reference(model.inner(x, training=False), reference))
+        reference = tf.gather(model.reference_probabilities(),
+                              model.sampler.sample(tf.constant(y), tf.constant([0, 0])))
+        return float(mmd2(model.probabilities(model.inner(x, training=False)), reference))
 
     before = discrepancy()
+    reference_probabilities = model.reference_probabilities()
     for start in range(0, 200, 40):
-        model.mmd_step(tf.constant(x[start:start + 40]), tf.constant(y[start:start + 40]))
+        model.mmd_step(tf.constant(x[start:start + 40]), tf.constant(y[start:start + 40]),
+                       reference_probabilities)
     assert discrepancy() < 0.5 * before
     assert model.accuracy_on(x, y) < 0.9  # matching chance-level reference outputs costs memorization
 
@@ -157,11 +161,28 @@ def test_joint_gate_stays_shut_below_the_gap_and_opens_above(digits):
     assert all(np.isfinite(opened.history["ce_loss"]))
 
 
-def test_joint_schedule_on_identically_mixed_reference_batches(digits):
+@pytest.mark.parametrize("mmd_inputs", ["mixed", "clean"])
+def test_joint_schedule_with_mixup_on_mixed_or_clean_outputs(digits, mmd_inputs):
     data, split = digits
-    model = _wrapper(data, split, schedule="joint", mmd_inputs="mixed", mmd_weight=1.0, gap_threshold=0.0)
-    history = model.fit(data.x[split.members], data.y[split.members], epochs=2, verbose=0)
-    assert history.history["mmd_active"] == [0.0, 1.0] and history.history["mmd"][1] > 0.0
+    model = _wrapper(data, split, schedule="joint", mmd_inputs=mmd_inputs, mmd_weight=1.0, gap_threshold=0.0)
+    history = model.fit(data.x[split.members], data.y[split.members], epochs=3, verbose=0).history
+    assert history["mmd_active"][0] == 0.0 and history["mmd_active"][2] == 1.0
+    assert history["mmd"][0] == 0.0 and history["mmd"][2] > 0.0
+    # clean outputs give free running accuracies; mixed ones do not
+    if mmd_inputs == "clean":
+        assert history["mmd_train_accuracy"][2] > 0.5
+        assert history["mmd_reference_accuracy"][0] == 0.0 and history["mmd_reference_accuracy"][2] > 0.5
+    else:
+        assert "mmd_train_accuracy" not in history and "mmd_reference_accuracy" not in history
+
+
+def test_gap_from_running_accuracies_matches_a_measured_gap(digits):
+    data, split = digits
+    x, y = data.x[split.members], data.y[split.members]
+    model = _wrapper(data, split, schedule="joint", mixup_alpha=None, mmd_weight=1.0, gap_threshold=0.0)
+    history = model.fit(x, y, epochs=6, batch_size=32, verbose=0).history
+    measured = model.accuracy_on(x, y) - model.accuracy_on(data.x[split.reference], data.y[split.reference])
+    assert abs(history["mmd_gap"][-1] - measured) < 0.1
 
 
 def test_paper_schedule_runs_the_mmd_pass_except_in_the_last_epoch(digits):

@@ -10,13 +10,19 @@ Two schedules:
   the train/reference accuracy gap is at least ``gap_threshold`` and it is not the last epoch, a
   second pass over class-sorted clean training batches takes steps on ``mmd_weight * MMD^2`` alone.
 - ``"joint"``: every step minimizes ``CE_mixup + mmd_weight * gate * MMD^2`` in one optimizer step.
-  The MMD term compares the outputs on the clean training batch (computed in the same forward call
-  as the mixed batch) with those on a class-matched reference batch (forward only, no backward).
-  With ``mmd_inputs="mixed"`` it instead compares the mixed batch's outputs with those of the
-  reference batch mixed the same way (same coefficient and partner positions; cheaper, but on
-  Location30 it did not close the gap). ``gate`` is 0 until the gap between accuracy on the training
-  data and on the reference data reaches ``gap_threshold`` (re-measured after every epoch): matching
-  an untrained network's near-uniform reference outputs is an easy minimum that collapses training.
+  With mixup the MMD term compares the mixed batch's outputs with those on the class-matched
+  reference batch mixed the same way (same coefficient and partner positions), so one extra forward
+  pass (no backward) pays for it; ``mmd_inputs="clean"`` compares clean training outputs (from the
+  same forward call, twice the rows) with clean reference outputs instead. ``gate`` is 0 until the
+  gap between accuracy on the training data and on the reference data reaches ``gap_threshold``
+  (re-measured after every epoch): matching an untrained network's near-uniform reference outputs
+  is an easy minimum that collapses training.
+
+The gap is measured without extra passes where training already sees the numbers: the running
+accuracy of the epoch's steps on clean training inputs, and (joint, gate open) on the reference
+batches. Otherwise it costs one inference pass over the training and/or reference data. The paper
+schedule's MMD pass compares each batch with reference outputs computed once, in inference mode,
+at the start of the pass (they are constants to the gradient either way).
 
 >>> import numpy as np, tensorflow as tf
 >>> from tfmi.models import build_model
@@ -64,7 +70,7 @@ class MMDMixupModel(DefendedModel):
         schedule: ``"joint"`` or ``"paper"`` (module docstring).
         gap_threshold: train/reference accuracy gap that switches MMD on (0.03 = 3 points).
         estimator: ``"biased"`` (the authors') or ``"unbiased"`` MMD^2.
-        mmd_inputs: joint schedule with mixup: ``"clean"`` or ``"mixed"`` training outputs for MMD.
+        mmd_inputs: joint schedule with mixup: ``"mixed"`` or ``"clean"`` training outputs for MMD.
         outputs: ``"auto"``, ``"logits"`` or ``"probabilities"``.
         seed: seeds mixup and reference sampling (stateless, reproducible).
     """
@@ -80,7 +86,7 @@ class MMDMixupModel(DefendedModel):
         schedule: str = "paper",
         gap_threshold: float = 0.03,
         estimator: str = "biased",
-        mmd_inputs: str = "clean",
+        mmd_inputs: str = "mixed",
         outputs: str = "auto",
         seed: int = 0,
         reference_size: int | None = None,
@@ -124,6 +130,11 @@ class MMDMixupModel(DefendedModel):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         self.mmd_tracker = tf.keras.metrics.Mean(name="mmd")
+        # accuracies the training steps measure anyway (on clean inputs), reused by the schedule
+        if self.sees_clean_training_outputs:
+            self.train_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_train_accuracy")
+            if self.joint_mmd:
+                self.reference_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_reference_accuracy")
 
     # --- reference set -------------------------------------------------------------------------
 
@@ -147,6 +158,11 @@ class MMDMixupModel(DefendedModel):
     def joint_mmd(self) -> bool:
         return self.schedule == "joint" and self.mmd_weight > 0
 
+    @property
+    def sees_clean_training_outputs(self) -> bool:
+        """Whether train_step computes outputs on clean training inputs (a free accuracy estimate)."""
+        return self.mixup_alpha is None or (self.joint_mmd and self.mmd_inputs == "clean")
+
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
@@ -157,13 +173,11 @@ class MMDMixupModel(DefendedModel):
             draw = sample_mixup(tf.shape(x)[0], self.mixup_alpha, self.step_seed(stream=1))
             inputs, targets = mix(x, draw), mix(targets, draw)
             metric_labels = tf.where(draw.lam >= 0.5, y, tf.gather(y, draw.perm))
+        extra_clean = self.mixup_alpha is not None and self.sees_clean_training_outputs
         if self.joint_mmd:
             reference = self._reference_batch(y, self.step_seed(stream=2))
-            mmd_on_mixed = self.mixup_alpha is not None and self.mmd_inputs == "mixed"
-            if mmd_on_mixed:
-                reference = mix(reference, draw)
-            # clean training outputs for MMD come from the same forward call as the mixed ones
-            extra_clean = self.mixup_alpha is not None and not mmd_on_mixed
+            if self.mixup_alpha is not None and not extra_clean:
+                reference = mix(reference, draw)  # mixed like the training batch, position by position
             # the reference forward pass is a constant to the gradient: run it outside the tape,
             # and not at all while the gate is shut
             reference_probabilities = tf.cond(
@@ -172,7 +186,7 @@ class MMDMixupModel(DefendedModel):
                 lambda: tf.zeros([tf.shape(x)[0], self.num_classes]),
             )
         with tf.GradientTape() as tape:
-            if self.joint_mmd and extra_clean:
+            if extra_clean:  # clean outputs for MMD from the same forward call as the mixed ones
                 both = self.inner(tf.concat([inputs, x], axis=0), training=True)
                 outputs, mmd_outputs = both[: tf.shape(x)[0]], both[tf.shape(x)[0]:]
             else:
@@ -189,32 +203,39 @@ class MMDMixupModel(DefendedModel):
         self.loss_tracker.update_state(total)
         self.ce_tracker.update_state(ce)
         self.mmd_tracker.update_state(mmd)
+        if self.sees_clean_training_outputs:
+            self.train_accuracy_tracker.update_state(_correct(mmd_outputs, y))
+        if self.sees_clean_training_outputs and self.joint_mmd:
+            gate = tf.fill([tf.shape(y)[0]], self.mmd_gate)
+            self.reference_accuracy_tracker.update_state(_correct(reference_probabilities, y), gate)
         self.compiled_metrics.update_state(metric_labels, outputs)
         return {m.name: m.result() for m in self.metrics}
 
     def _reference_probabilities(self, reference_inputs: tf.Tensor) -> tf.Tensor:
         return tf.stop_gradient(self.probabilities(self.inner(reference_inputs, training=True)))
 
-    def _mmd_to_reference(self, outputs: tf.Tensor, reference_inputs: tf.Tensor) -> tf.Tensor:
-        reference = self._reference_probabilities(reference_inputs)
-        return mmd2(self.probabilities(outputs), reference, self.bandwidths, self.estimator)
+    def mmd_step(self, x: tf.Tensor, y: tf.Tensor, reference_probabilities: tf.Tensor) -> tf.Tensor:
+        """One optimizer step on ``mmd_weight * MMD^2`` alone (the paper schedule's second pass).
 
-    def mmd_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        """One optimizer step on ``mmd_weight * MMD^2`` alone (the paper schedule's second pass)."""
+        ``reference_probabilities`` holds the outputs on the whole reference set (see
+        `reference_probabilities`); the step compares the batch's outputs with a class-matched
+        sample of them.
+        """
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        reference = self._reference_batch(y, self.step_seed(stream=3))
+        reference = tf.gather(reference_probabilities, self.sampler.sample(y, self.step_seed(stream=3)))
         with tf.GradientTape() as tape:
-            mmd = self._mmd_to_reference(self.inner(x, training=True), reference)
+            outputs = self.probabilities(self.inner(x, training=True))
+            mmd = mmd2(outputs, reference, self.bandwidths, self.estimator)
             loss = self.mmd_weight * mmd
         self.apply_gradients(tape, loss)
         return mmd
 
     @tf.function(reduce_retracing=True)
-    def mmd_pass(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, starts: tf.Tensor, batch_size: int):
+    def mmd_pass(self, x, y, order, starts, batch_size: int, reference_probabilities):
         """`mmd_step` over the batches ``order[s:s + batch_size]`` for ``s`` in ``starts``, in-graph."""
         for start in starts:
             batch = order[start:start + batch_size]
-            self.mmd_step(tf.gather(x, batch), tf.gather(y, batch))
+            self.mmd_step(tf.gather(x, batch), tf.gather(y, batch), reference_probabilities)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *, callbacks=None, **kwargs):
         """`keras.Model.fit`, with the schedule's per-epoch gap measurement added.
@@ -238,17 +259,22 @@ class MMDMixupModel(DefendedModel):
 
     def accuracy_on(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> float:
         """Clean (inference-mode) accuracy of the inner model, computed in large batches."""
-        n = int(x.shape[0])
         correct = sum(
-            int(self._count_correct(x[start:start + EVAL_BATCH_SIZE], y[start:start + EVAL_BATCH_SIZE]))
-            for start in range(0, n, EVAL_BATCH_SIZE)
+            float(tf.reduce_sum(_correct(self._predict(x[start:start + EVAL_BATCH_SIZE]),
+                                         y[start:start + EVAL_BATCH_SIZE])))
+            for start in range(0, int(x.shape[0]), EVAL_BATCH_SIZE)
         )
-        return correct / n
+        return correct / int(x.shape[0])
+
+    def reference_probabilities(self) -> tf.Tensor:
+        """Inference-mode class probabilities on the whole reference set (n_ref x classes)."""
+        n = int(self.reference_x.shape[0])
+        return tf.concat([self.probabilities(self._predict(self.reference_x[start:start + EVAL_BATCH_SIZE]))
+                          for start in range(0, n, EVAL_BATCH_SIZE)], axis=0)
 
     @tf.function(reduce_retracing=True)
-    def _count_correct(self, x, y):
-        predicted = tf.argmax(self.inner(x, training=False), axis=1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y, [-1]), tf.int32)), tf.int32))
+    def _predict(self, x):
+        return self.inner(x, training=False)
 
     def get_config(self) -> dict:
         return {
@@ -294,19 +320,29 @@ class MMDSchedule(tf.keras.callbacks.Callback):
         self._active = float(self.defended.mmd_gate.numpy()) if self.defended.joint_mmd else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        model = self.defended
-        gap = model.accuracy_on(self.x, self.y) - model.accuracy_on(model.reference_x, model.reference_y)
-        open_gap = gap >= model.gap_threshold
+        model, logs = self.defended, logs if logs is not None else {}
+        if model.sees_clean_training_outputs and "mmd_train_accuracy" in logs:
+            train_accuracy = float(logs["mmd_train_accuracy"])  # running, over this epoch's steps
+        else:
+            train_accuracy = model.accuracy_on(self.x, self.y)
         if model.schedule == "joint":
-            model.mmd_gate.assign(1.0 if open_gap else 0.0)
-        elif open_gap and epoch < self.epochs - 1:
-            self._run_mmd_pass()
-            self._active = 1.0
-        if logs is not None:
-            logs["mmd_gap"] = gap
-            logs["mmd_active"] = self._active
+            if self._active and "mmd_reference_accuracy" in logs:  # gate open all epoch, clean inputs
+                reference_accuracy = float(logs["mmd_reference_accuracy"])
+            else:
+                reference_accuracy = model.accuracy_on(model.reference_x, model.reference_y)
+            gap = train_accuracy - reference_accuracy
+            model.mmd_gate.assign(1.0 if gap >= model.gap_threshold else 0.0)
+        else:
+            reference = model.reference_probabilities()
+            reference_accuracy = float(tf.reduce_mean(_correct(reference, model.reference_y)))
+            gap = train_accuracy - reference_accuracy
+            if gap >= model.gap_threshold and epoch < self.epochs - 1:
+                self._run_mmd_pass(reference)
+                self._active = 1.0
+        logs["mmd_gap"] = gap
+        logs["mmd_active"] = self._active
 
-    def _run_mmd_pass(self) -> None:
+    def _run_mmd_pass(self, reference_probabilities: tf.Tensor) -> None:
         """Steps on MMD^2 alone over class-sorted clean training batches (paper schedule)."""
         model = self.defended
         labels = self.y.numpy()
@@ -315,19 +351,26 @@ class MMDSchedule(tf.keras.callbacks.Callback):
         self._rng.shuffle(starts)
         strategy = model.distribute_strategy
         if strategy.num_replicas_in_sync == 1:
-            model.mmd_pass(self.x, self.y, tf.constant(order), tf.constant(starts), self.batch_size)
+            model.mmd_pass(self.x, self.y, tf.constant(order), tf.constant(starts), self.batch_size,
+                           reference_probabilities)
             return
         if self._distributed_step is None:
             @tf.function(reduce_retracing=True)
-            def step(xb, yb):
-                return strategy.run(model.mmd_step, args=(xb, yb))
+            def step(xb, yb, reference):
+                return strategy.run(model.mmd_step, args=(xb, yb, reference))
 
             self._distributed_step = step
         for start in starts:
             batch = np.sort(order[start:start + self.batch_size])
             dataset = tf.data.Dataset.from_tensors((tf.gather(self.x, batch), tf.gather(self.y, batch)))
             for dist_x, dist_y in strategy.experimental_distribute_dataset(dataset):
-                self._distributed_step(dist_x, dist_y)
+                self._distributed_step(dist_x, dist_y, reference_probabilities)
+
+
+def _correct(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """1.0 where the arg-max class equals the label, else 0.0."""
+    predicted = tf.argmax(outputs, axis=1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32)
 
 
 def check_reference(
