@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfmi.defenses.base import DefendedModel
+from tfmi.defenses.base import DefendedModel, classifier_shape
 from tfmi.defenses.mmd_mixup import check_reference
 from tfmi.errors import TfmiError
 
@@ -92,10 +92,7 @@ class AdvRegModel(DefendedModel):
             np.isfinite(attack_learning_rate) and attack_learning_rate > 0
         ):
             raise TfmiError(f"attack_learning_rate must be a positive number, got {attack_learning_rate!r}")
-        if not isinstance(model, tf.keras.Model):
-            raise TfmiError(f"expected a Keras model to defend, got {type(model).__name__}")
-        num_classes = int(model.output_shape[-1])
-        input_shape = tuple(model.input_shape[1:])
+        input_shape, num_classes = classifier_shape(model)
         if reference_data is not None:
             ref_x, ref_y = check_reference(
                 reference_data, input_shape, num_classes, require_all_classes=False
@@ -153,9 +150,9 @@ class AdvRegModel(DefendedModel):
         ref_probs = tf.stop_gradient(self.probabilities(ref_outputs))
         ref_onehot = tf.one_hot(tf.gather(self.reference_y, draws), self.num_classes)
         is_member = tf.concat([tf.ones([n]), tf.zeros([n])], axis=0)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        variables = self.attack_model.trainable_variables
         accuracy = tf.constant(0.0)
+        # unrolled, not a tf.while_loop: the optimizer's cross-replica merge_call is not allowed in
+        # one under MirroredStrategy (attack_steps is small; tracing time grows with it)
         for step in range(self.attack_steps):
             probs = tf.concat([member_probs, ref_probs[step * n:(step + 1) * n]], axis=0)
             onehot = tf.concat([member_onehot, ref_onehot[step * n:(step + 1) * n]], axis=0)
@@ -164,8 +161,7 @@ class AdvRegModel(DefendedModel):
                 loss = tf.reduce_mean(
                     tf.nn.sigmoid_cross_entropy_with_logits(labels=is_member, logits=logits)
                 )
-            gradients = tape.gradient(loss / replicas if replicas > 1 else loss, variables)
-            self.attack_optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            self.apply_gradients(tape, loss, self.attack_model.trainable_variables, self.attack_optimizer)
             guessed = tf.cast(logits > 0, tf.float32)
             accuracy = tf.reduce_mean(tf.cast(tf.equal(guessed, is_member), tf.float32))
         return accuracy
@@ -194,10 +190,6 @@ class AdvRegModel(DefendedModel):
         self.attack_accuracy_tracker.update_state(attack_accuracy)
         self.compiled_metrics.update_state(y, outputs)
         return {m.name: m.result() for m in self.metrics}
-
-    def test_step(self, data):
-        logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in ("adv_gain", "attack_accuracy")}
 
     # --- serialization -------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ class DefendedModel(tf.keras.Model):
             sample_x = np.zeros((2, *model.input_shape[1:]), np.float32)
         self.output_kind = resolve_output_kind(model, sample_x[:8], self.num_classes, outputs)
         self.seed = int(seed)
+        self.built = True  # the inner model is built; Keras would otherwise warn when saving
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.ce_tracker = tf.keras.metrics.Mean(name="ce_loss")
 
@@ -116,14 +117,21 @@ class DefendedModel(tf.keras.Model):
         offset = tf.cast(replica_id, tf.int64) * 1_000_003 + stream
         return tf.stack([tf.cast(self.seed, tf.int64) + offset, step])
 
-    def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
-        """Step the optimizer on ``loss`` (a per-replica mean), scaled for distribution strategies."""
+    def apply_gradients(
+        self,
+        tape: tf.GradientTape,
+        loss: tf.Tensor,
+        variables: list[tf.Variable] | None = None,
+        optimizer: tf.keras.optimizers.Optimizer | None = None,
+    ) -> None:
+        """Step ``optimizer`` (default: the compiled one) on ``loss``, a per-replica mean, for
+        ``variables`` (default: the inner model's); gradients are scaled for distribution strategies."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        variables = self.inner.trainable_variables
+        variables = self.inner.trainable_variables if variables is None else variables
         gradients = tape.gradient(loss, variables)
         if replicas > 1:  # replicas' gradients are summed: make the sum a mean
             gradients = [g / replicas if g is not None else None for g in gradients]
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        (optimizer or self.optimizer).apply_gradients(zip(gradients, variables, strict=True))
 
     def get_config(self) -> dict:
         return {

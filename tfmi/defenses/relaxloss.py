@@ -104,7 +104,7 @@ class RelaxLossModel(DefendedModel):
         with tf.GradientTape() as tape:
             outputs = self.inner(x, training=True)
             ce = self.cross_entropy(targets, outputs)
-            descend = ce > self.alpha
+            descend = self._global_mean(tf.stop_gradient(ce)) > self.alpha
             soft = self.flattened_targets(y, outputs)
             if sample_weight is not None:
                 soft *= tf.reshape(tf.cast(sample_weight, soft.dtype), [-1, 1])
@@ -120,9 +120,12 @@ class RelaxLossModel(DefendedModel):
         self.compiled_metrics.update_state(y, outputs)
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
-        logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in ("ascent_fraction", "flatten_fraction")}
+    @staticmethod
+    def _global_mean(value: tf.Tensor) -> tf.Tensor:
+        """Mean over replicas, so that all replicas of a step take the same branch."""
+        if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            return value
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, value)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *, callbacks=None, **kwargs):
         """`keras.Model.fit`, counting epochs for the ascent / flattening alternation."""
