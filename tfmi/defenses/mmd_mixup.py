@@ -13,16 +13,18 @@ Two schedules:
   With mixup the MMD term compares the mixed batch's outputs with those on the class-matched
   reference batch mixed the same way (same coefficient and partner positions), so one extra forward
   pass (no backward) pays for it; ``mmd_inputs="clean"`` compares clean training outputs (from the
-  same forward call, twice the rows) with clean reference outputs instead. ``gate`` is 0 until the
-  gap between accuracy on the training data and on the reference data reaches ``gap_threshold``
-  (re-measured after every epoch): matching an untrained network's near-uniform reference outputs
-  is an easy minimum that collapses training.
+  same forward call, twice the rows) with clean reference outputs instead. ``gate`` is 0 (MMD
+  measured but not in the loss) until the gap between accuracy on the training data and on the
+  reference data reaches ``gap_threshold`` (re-measured after every epoch): matching an untrained
+  network's near-uniform reference outputs is an easy minimum that collapses training.
 
-The gap is measured without extra passes where training already sees the numbers: the running
-accuracy of the epoch's steps on clean training inputs, and (joint, gate open) on the reference
-batches. Otherwise it costs one inference pass over the training and/or reference data. The paper
-schedule's MMD pass compares each batch with reference outputs computed once, in inference mode,
-at the start of the pass (they are constants to the gradient either way).
+The gap costs no extra pass where training already sees the numbers. Joint: the running accuracies,
+over the epoch, of the very batches MMD compares (training and reference, both clean or both mixed
+alike, scored against the dominant label); the reference forward pass therefore runs while the gate
+is shut too. Paper: the running accuracy of the cross-entropy pass when it runs on clean inputs
+(else one inference pass over the training data), and the reference accuracy from the reference
+outputs the MMD pass needs anyway, computed once per pass in inference mode (they are constants to
+the gradient either way).
 
 >>> import numpy as np, tensorflow as tf
 >>> from tfmi.models import build_model
@@ -130,11 +132,11 @@ class MMDMixupModel(DefendedModel):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         self.mmd_tracker = tf.keras.metrics.Mean(name="mmd")
-        # accuracies the training steps measure anyway (on clean inputs), reused by the schedule
-        if self.sees_clean_training_outputs:
+        # accuracies the training steps measure anyway, reused by the schedule's gap
+        if self.tracks_training_accuracy:
             self.train_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_train_accuracy")
-            if self.joint_mmd:
-                self.reference_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_reference_accuracy")
+        if self.joint_mmd:
+            self.reference_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_reference_accuracy")
 
     # --- reference set -------------------------------------------------------------------------
 
@@ -159,9 +161,14 @@ class MMDMixupModel(DefendedModel):
         return self.schedule == "joint" and self.mmd_weight > 0
 
     @property
-    def sees_clean_training_outputs(self) -> bool:
-        """Whether train_step computes outputs on clean training inputs (a free accuracy estimate)."""
-        return self.mixup_alpha is None or (self.joint_mmd and self.mmd_inputs == "clean")
+    def mixes_reference(self) -> bool:
+        """Joint schedule with mixup on mixed outputs: reference batches are mixed like training ones."""
+        return self.joint_mmd and self.mixup_alpha is not None and self.mmd_inputs == "mixed"
+
+    @property
+    def tracks_training_accuracy(self) -> bool:
+        """Whether train_step keeps the running accuracy the schedule's gap needs (free, no pass)."""
+        return self.joint_mmd or (self.mmd_weight > 0 and self.mixup_alpha is None)
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
@@ -173,20 +180,17 @@ class MMDMixupModel(DefendedModel):
             draw = sample_mixup(tf.shape(x)[0], self.mixup_alpha, self.step_seed(stream=1))
             inputs, targets = mix(x, draw), mix(targets, draw)
             metric_labels = tf.where(draw.lam >= 0.5, y, tf.gather(y, draw.perm))
-        extra_clean = self.mixup_alpha is not None and self.sees_clean_training_outputs
+        # joint with mixup and clean MMD inputs: clean outputs come from the same forward call
+        extra_clean = self.joint_mmd and self.mixup_alpha is not None and not self.mixes_reference
         if self.joint_mmd:
             reference = self._reference_batch(y, self.step_seed(stream=2))
-            if self.mixup_alpha is not None and not extra_clean:
-                reference = mix(reference, draw)  # mixed like the training batch, position by position
-            # the reference forward pass is a constant to the gradient: run it outside the tape,
-            # and not at all while the gate is shut
-            reference_probabilities = tf.cond(
-                self.mmd_gate > 0,
-                lambda: self._reference_probabilities(reference),
-                lambda: tf.zeros([tf.shape(x)[0], self.num_classes]),
-            )
+            if self.mixes_reference:
+                reference = mix(reference, draw)  # row i: the classes and mixing of training row i
+            # a constant to the gradient: computed outside the tape (forward only). It runs while
+            # the gate is shut too, so the gate's gap comes from these batches at no extra cost.
+            reference_probabilities = self._reference_probabilities(reference)
         with tf.GradientTape() as tape:
-            if extra_clean:  # clean outputs for MMD from the same forward call as the mixed ones
+            if extra_clean:
                 both = self.inner(tf.concat([inputs, x], axis=0), training=True)
                 outputs, mmd_outputs = both[: tf.shape(x)[0]], both[tf.shape(x)[0]:]
             else:
@@ -194,20 +198,21 @@ class MMDMixupModel(DefendedModel):
             ce = self.cross_entropy(targets, outputs)
             total = ce + tf.add_n(self.inner.losses) if self.inner.losses else ce
             if self.joint_mmd:
-                mmd = self.mmd_gate * mmd2(self.probabilities(mmd_outputs), reference_probabilities,
-                                           self.bandwidths, self.estimator)
-                total += self.mmd_weight * mmd
+                mmd = mmd2(self.probabilities(mmd_outputs), reference_probabilities,
+                           self.bandwidths, self.estimator)
+                total += self.mmd_weight * self.mmd_gate * mmd
             else:
                 mmd = tf.constant(0.0)
         self.apply_gradients(tape, total)
         self.loss_tracker.update_state(total)
         self.ce_tracker.update_state(ce)
         self.mmd_tracker.update_state(mmd)
-        if self.sees_clean_training_outputs:
-            self.train_accuracy_tracker.update_state(_correct(mmd_outputs, y))
-        if self.sees_clean_training_outputs and self.joint_mmd:
-            gate = tf.fill([tf.shape(y)[0]], self.mmd_gate)
-            self.reference_accuracy_tracker.update_state(_correct(reference_probabilities, y), gate)
+        if self.tracks_training_accuracy:
+            # accuracy of the batches MMD compares: clean, or (mixed reference) the dominant label
+            compared = metric_labels if self.mixes_reference else y
+            self.train_accuracy_tracker.update_state(_correct(mmd_outputs, compared))
+            if self.joint_mmd:
+                self.reference_accuracy_tracker.update_state(_correct(reference_probabilities, compared))
         self.compiled_metrics.update_state(metric_labels, outputs)
         return {m.name: m.result() for m in self.metrics}
 
@@ -321,21 +326,16 @@ class MMDSchedule(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model, logs = self.defended, logs if logs is not None else {}
-        if model.sees_clean_training_outputs and "mmd_train_accuracy" in logs:
-            train_accuracy = float(logs["mmd_train_accuracy"])  # running, over this epoch's steps
-        else:
-            train_accuracy = model.accuracy_on(self.x, self.y)
-        if model.schedule == "joint":
-            if self._active and "mmd_reference_accuracy" in logs:  # gate open all epoch, clean inputs
-                reference_accuracy = float(logs["mmd_reference_accuracy"])
-            else:
-                reference_accuracy = model.accuracy_on(model.reference_x, model.reference_y)
-            gap = train_accuracy - reference_accuracy
+        if model.schedule == "joint":  # running accuracies of the batches the MMD term compares
+            gap = float(logs["mmd_train_accuracy"]) - float(logs["mmd_reference_accuracy"])
             model.mmd_gate.assign(1.0 if gap >= model.gap_threshold else 0.0)
         else:
+            if model.tracks_training_accuracy:  # clean inputs: the epoch's running accuracy
+                train_accuracy = float(logs["mmd_train_accuracy"])
+            else:
+                train_accuracy = model.accuracy_on(self.x, self.y)
             reference = model.reference_probabilities()
-            reference_accuracy = float(tf.reduce_mean(_correct(reference, model.reference_y)))
-            gap = train_accuracy - reference_accuracy
+            gap = train_accuracy - float(tf.reduce_mean(_correct(reference, model.reference_y)))
             if gap >= model.gap_threshold and epoch < self.epochs - 1:
                 self._run_mmd_pass(reference)
                 self._active = 1.0
