@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(WORKLOADS), default=None)
     parser.add_argument("--configs", default=None, help="comma-separated names to run (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated names to leave out")
+    parser.add_argument("--reference-size", type=int, default=None,
+                        help="reference records for the MMD defenses [default: the target size]")
     args = parser.parse_args()
     wanted = set(args.configs.split(",")) if args.configs else None
     skipped = set(filter(None, args.skip.split(",")))
@@ -103,8 +105,10 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         data = load_dataset(name, args.data_dir)
-        split = membership_split(data.y, workload["target_size"], workload["target_size"], seed=0)
-        print(f"\n{name}: {workload['model']}, {workload['target_size']} members, batch 64, "
+        reference_size = args.reference_size or workload["target_size"]
+        split = membership_split(data.y, workload["target_size"], reference_size, seed=0)
+        print(f"\n{name}: {workload['model']}, {workload['target_size']} members, "
+              f"{reference_size} reference records, batch 64, "
               f"{args.epochs} epochs (first and last dropped)", flush=True)
         print(f"{'defense':<24}{'s/epoch':>10}{'x plain':>10}", flush=True)
         baseline = None

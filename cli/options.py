@@ -36,7 +36,7 @@ DEFENSE_OPTIONS = [
     ("--noise-multiplier", "noise_multiplier", float, "Gaussian noise multiplier (dp-sgd) [1.0]."),
     ("--target-epsilon", "target_epsilon", float,
      "Find the noise multiplier that spends this epsilon (dp-sgd; instead of --noise-multiplier)."),
-    ("--delta", "delta", float, "DP delta (dp-sgd) [min(1e-5, 1/n)]."),
+    ("--delta", "delta", float, "DP delta (dp-sgd) [min(1e-5, 1/(10 n))]."),
     ("--microbatches", "microbatches", int, "Microbatches per batch (dp-sgd; must divide the batch size)."),
     ("--dp-path", "dp_path", click.Choice(["auto", "fast", "vectorized", "microbatched"]),
      "tensorflow-privacy implementation (dp-sgd) [auto: the fastest that supports the model]."),

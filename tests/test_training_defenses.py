@@ -75,7 +75,8 @@ def test_mmd_defense_records_the_resolved_weight(digits):
      ({"name": "early-stopping", "patience": 0}, "patience must be a positive integer"),
      ({"name": "advreg", "adv_weight": -1.0}, "adv_weight must be >= 0"),
      ({"name": "relaxloss", "relax_alpha": 0.0}, "relax_alpha must be > 0"),
-     ({"name": "mmd", "mmd_schedule": "cosine"}, "unknown MMD schedule 'cosine'")],
+     ({"name": "mmd", "mmd_schedule": "cosine"}, "unknown MMD schedule 'cosine'"),
+     ({"name": "dp-sgd", "noise_multiplier": 1.0, "target_epsilon": 3.0}, "not both")],
 )
 def test_bad_defense_configurations(kwargs, message):
     with pytest.raises(TfmiError, match=message):
@@ -122,6 +123,7 @@ def test_cli_default_output_names_the_defense(tmp_path, monkeypatch):
      (["--defense", "mmd", "--mmd-weight", "-1"], "mmd_weight must be a number >= 0"),
      (["--defense", "mixup", "--mixup-alpha", "0"], "mixup alpha must be a positive number"),
      (["--defense", "dp-sgd", "--microbatches", "7"], "divisible|divide"),
+     (["--defense", "dp-sgd", "--noise-multiplier", "1", "--target-epsilon", "2"], "not both"),
      (["--defense", "dropout", "--dropout", "1.5"], r"dropout must be in \(0, 1\)")],
 )
 def test_cli_bad_defense_options_exit_2_before_training(tmp_path, args, message):

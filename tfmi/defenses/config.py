@@ -84,6 +84,11 @@ class DefenseConfig:
         }
         wanted = {"l2": "> 0", "dropout": "in (0, 1)", "label_smoothing": "in (0, 1)",
                   "patience": "a positive integer", "adv_weight": ">= 0", "relax_alpha": "> 0"}
+        if self.name == "dp-sgd" and self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise TfmiError(
+                "dp-sgd: give a noise multiplier (--noise-multiplier) or a target epsilon "
+                "(--target-epsilon), not both"
+            )
         for field in self.relevant_fields():
             if field in checks and not (np.isfinite(getattr(self, field)) and checks[field]):
                 raise TfmiError(f"{self.name}: {field} must be {wanted[field]}, got {getattr(self, field)!r}")
