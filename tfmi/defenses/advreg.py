@@ -35,8 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfmi.defenses.base import DefendedModel, classifier_shape
-from tfmi.defenses.mmd_mixup import check_reference
+from tfmi.defenses.base import DefendedModel, resolve_reference
 from tfmi.errors import TfmiError
 
 layers = tf.keras.layers
@@ -92,39 +91,16 @@ class AdvRegModel(DefendedModel):
             np.isfinite(attack_learning_rate) and attack_learning_rate > 0
         ):
             raise TfmiError(f"attack_learning_rate must be a positive number, got {attack_learning_rate!r}")
-        input_shape, num_classes = classifier_shape(model)
-        if reference_data is not None:
-            ref_x, ref_y = check_reference(
-                reference_data, input_shape, num_classes, require_all_classes=False
-            )
-            missing = np.setdiff1d(np.arange(num_classes), ref_y)
-            if len(missing):
-                shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-                raise TfmiError(
-                    f"classes {shown} have no reference records: the inference model would flag every "
-                    "record of them as a member (draw the reference set with a stratified split, "
-                    "e.g. tfmi.data.membership_split)"
-                )
-            sample_x = ref_x
-        elif reference_size is not None:  # from_config: the reference set is loaded with the weights
-            ref_x = np.zeros((int(reference_size), *input_shape), np.float32)
-            ref_y = np.arange(int(reference_size)) % num_classes
-            sample_x = None
-        else:
-            raise TfmiError("give reference_data=(x_ref, y_ref): held-out records, the attack's non-members")
-        super().__init__(model, outputs=outputs, sample_x=sample_x, seed=seed, **kwargs)
+        ref_x, ref_y = resolve_reference(
+            model, reference_data, reference_size,
+            needs="the inference model would flag every record of a class it never saw as a member",
+        )
+        super().__init__(model, outputs=outputs, sample_x=ref_x, seed=seed, **kwargs)
         self.adv_weight = float(adv_weight)
         self.attack_steps = int(attack_steps)
         self.attack_hidden = attack_hidden
         self.attack_learning_rate = float(attack_learning_rate)
-        self.reference_x = self.add_weight(
-            name="reference_x", shape=ref_x.shape, dtype=tf.float32, trainable=False,
-            initializer=tf.keras.initializers.Constant(ref_x),
-        )
-        self.reference_y = self.add_weight(
-            name="reference_y", shape=ref_y.shape, dtype=tf.int32, trainable=False,
-            initializer=tf.keras.initializers.Constant(ref_y.astype(np.int32)),
-        )
+        self.store_reference(ref_x, ref_y)
         self.attack_model = build_attack_model(self.num_classes, attack_hidden, self.seed)
         self.attack_optimizer = tf.keras.optimizers.Adam(self.attack_learning_rate)
         self.attack_optimizer.build(self.attack_model.trainable_variables)

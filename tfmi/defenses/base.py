@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmi.artifacts import export_saved_model
+from tfmi.data.dataset import check_features, check_labels
 from tfmi.errors import TfmiError
 from tfmi.outputs import log_probabilities, probabilities, resolve_output_kind
 
@@ -33,6 +34,58 @@ def classifier_shape(model: tf.keras.Model) -> tuple[tuple[int, ...], int]:
     if output_shape[1] is None or output_shape[1] < 2:
         raise TfmiError(f"the model outputs {output_shape[1]} value(s) per example: need >= 2 classes")
     return tuple(model.input_shape[1:]), int(output_shape[1])
+
+
+def check_reference(
+    reference_data, input_shape: tuple, num_classes: int, needs: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``(x_ref, y_ref)`` against a model's input shape and class count; return arrays.
+
+    Every class must have reference records; ``needs`` says why, in the error.
+    """
+    try:
+        ref_x, ref_y = reference_data
+    except (TypeError, ValueError):
+        raise TfmiError("reference_data must be a pair (x_ref, y_ref) of arrays") from None
+    ref_x = check_features(ref_x, "reference features")
+    ref_y = check_labels(ref_y, None, "reference labels")
+    if len(ref_x) != len(ref_y):
+        raise TfmiError(f"reference features have {len(ref_x)} rows but reference labels {len(ref_y)}")
+    if tuple(ref_x.shape[1:]) != tuple(input_shape):
+        raise TfmiError(
+            f"reference features have shape {tuple(ref_x.shape[1:])} per example but the model takes "
+            f"{tuple(input_shape)}: use reference records from the same dataset"
+        )
+    if int(ref_y.max()) >= num_classes:
+        raise TfmiError(
+            f"reference labels go up to {int(ref_y.max())} but the model has {num_classes} classes: "
+            "use reference records from the same dataset"
+        )
+    if len(ref_x) < 2:
+        raise TfmiError("the reference set needs at least 2 records")
+    missing = np.setdiff1d(np.arange(num_classes), ref_y)
+    if len(missing):
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise TfmiError(
+            f"classes {shown} have no reference records: {needs} (draw the reference set with a "
+            "stratified split, e.g. tfmi.data.membership_split)"
+        )
+    return ref_x, ref_y
+
+
+def resolve_reference(
+    model: tf.keras.Model, reference_data, reference_size: int | None, needs: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked reference arrays, or (``from_config``) placeholders of ``reference_size`` rows that
+    the saved weights overwrite when they are loaded."""
+    input_shape, num_classes = classifier_shape(model)
+    if reference_data is not None:
+        return check_reference(reference_data, input_shape, num_classes, needs)
+    if reference_size is None:
+        raise TfmiError("give reference_data=(x_ref, y_ref): held-out records from the training data's "
+                        "distribution, disjoint from it")
+    placeholder = np.zeros((int(reference_size), *input_shape), np.float32)
+    return placeholder, np.arange(int(reference_size)) % num_classes
 
 
 class DefendedModel(tf.keras.Model):
@@ -89,6 +142,17 @@ class DefendedModel(tf.keras.Model):
         export_saved_model(self.inner, filepath)
 
     # --- helpers for subclasses ----------------------------------------------------------------
+
+    def store_reference(self, ref_x: np.ndarray, ref_y: np.ndarray) -> None:
+        """Keep the reference set as non-trainable weights (saved, mirrored under strategies)."""
+        self.reference_x = self.add_weight(
+            name="reference_x", shape=ref_x.shape, dtype=tf.float32, trainable=False,
+            initializer=tf.keras.initializers.Constant(ref_x),
+        )
+        self.reference_y = self.add_weight(
+            name="reference_y", shape=ref_y.shape, dtype=tf.int32, trainable=False,
+            initializer=tf.keras.initializers.Constant(ref_y.astype(np.int32)),
+        )
 
     @property
     def from_logits(self) -> bool:

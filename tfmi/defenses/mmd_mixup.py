@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmi.data.dataset import check_features, check_labels
-from tfmi.defenses.base import DefendedModel, classifier_shape
+from tfmi.defenses.base import DefendedModel, resolve_reference
 from tfmi.defenses.config import DEFAULT_MMD_WEIGHT
 from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
 from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
@@ -108,17 +108,11 @@ class MMDMixupModel(DefendedModel):
             raise TfmiError(f"mmd_inputs must be 'clean' or 'mixed', got {mmd_inputs!r}")
         if not 0 <= gap_threshold < 1:
             raise TfmiError(f"gap_threshold must be in [0, 1), got {gap_threshold!r}")
-        if reference_data is None and reference_size is None:
-            raise TfmiError("give reference_data=(x_ref, y_ref): held-out records for the MMD term")
-        input_shape, num_classes = classifier_shape(model)
-        if reference_data is not None:
-            ref_x, ref_y = check_reference(reference_data, input_shape, num_classes)
-            sample_x = ref_x
-        else:  # from_config: weights (the reference set among them) are loaded afterwards
-            ref_x = np.zeros((reference_size, *input_shape), np.float32)
-            ref_y = np.arange(reference_size) % num_classes
-            sample_x = None
-        super().__init__(model, outputs=outputs, sample_x=sample_x, seed=seed, **kwargs)
+        ref_x, ref_y = resolve_reference(
+            model, reference_data, reference_size,
+            needs="class-matched MMD batches need every class in the reference set",
+        )
+        super().__init__(model, outputs=outputs, sample_x=ref_x, seed=seed, **kwargs)
         self.mmd_weight = float(mmd_weight)
         self.mixup_alpha = mixup_alpha
         self.bandwidths = check_bandwidths(bandwidths)
@@ -126,7 +120,8 @@ class MMDMixupModel(DefendedModel):
         self.gap_threshold = float(gap_threshold)
         self.estimator = estimator
         self.mmd_inputs = mmd_inputs
-        self._set_reference(ref_x, ref_y)
+        self.store_reference(ref_x, ref_y)
+        self.sampler = ClassMatchedSampler(self.reference_y, self.num_classes)
         self.mmd_gate = self.add_weight(
             name="mmd_gate", shape=(), initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
@@ -139,17 +134,6 @@ class MMDMixupModel(DefendedModel):
             self.reference_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_reference_accuracy")
 
     # --- reference set -------------------------------------------------------------------------
-
-    def _set_reference(self, ref_x: np.ndarray, ref_y: np.ndarray) -> None:
-        self.reference_x = self.add_weight(
-            name="reference_x", shape=ref_x.shape, dtype=tf.float32, trainable=False,
-            initializer=tf.keras.initializers.Constant(ref_x),
-        )
-        self.reference_y = self.add_weight(
-            name="reference_y", shape=ref_y.shape, dtype=tf.int32, trainable=False,
-            initializer=tf.keras.initializers.Constant(ref_y.astype(np.int32)),
-        )
-        self.sampler = ClassMatchedSampler(self.reference_y, self.num_classes)
 
     def _reference_batch(self, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.reference_x, self.sampler.sample(y, seed))
@@ -371,37 +355,3 @@ def _correct(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """1.0 where the arg-max class equals the label, else 0.0."""
     predicted = tf.argmax(outputs, axis=1, output_type=tf.int32)
     return tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int32)), tf.float32)
-
-
-def check_reference(
-    reference_data, input_shape: tuple, num_classes: int, require_all_classes: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``(x_ref, y_ref)`` against a model's input shape and class count; return arrays."""
-    try:
-        ref_x, ref_y = reference_data
-    except (TypeError, ValueError):
-        raise TfmiError("reference_data must be a pair (x_ref, y_ref) of arrays") from None
-    ref_x = check_features(ref_x, "reference features")
-    ref_y = check_labels(ref_y, None, "reference labels")
-    if len(ref_x) != len(ref_y):
-        raise TfmiError(f"reference features have {len(ref_x)} rows but reference labels {len(ref_y)}")
-    if tuple(ref_x.shape[1:]) != tuple(input_shape):
-        raise TfmiError(
-            f"reference features have shape {tuple(ref_x.shape[1:])} per example but the model takes "
-            f"{tuple(input_shape)}: use reference records from the same dataset"
-        )
-    if int(ref_y.max()) >= num_classes:
-        raise TfmiError(
-            f"reference labels go up to {int(ref_y.max())} but the model has {num_classes} classes: "
-            "use reference records from the same dataset"
-        )
-    if len(ref_x) < 2:
-        raise TfmiError("the reference set needs at least 2 records")
-    missing = np.setdiff1d(np.arange(num_classes), ref_y)
-    if require_all_classes and len(missing):
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise TfmiError(
-            f"classes {shown} have no reference records: class-matched MMD batches need every class "
-            "in the reference set (draw it with a stratified split, e.g. tfmi.data.membership_split)"
-        )
-    return ref_x, ref_y
