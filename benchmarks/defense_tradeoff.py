@@ -73,11 +73,12 @@ def write_plot(results: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     families = sorted({family(r["label"]) for r in results})
-    markers = "osD^v<>pP*Xh"
+    markers, colors = "osD^v<>pP*Xh", plt.get_cmap("tab20").colors
     for i, fam in enumerate(families):
-        points = [r for r in results if family(r["label"]) == fam]
+        points = sorted((r for r in results if family(r["label"]) == fam), key=lambda r: r["gap"])
         ax.plot([r["gap"] for r in points], [r["test_accuracy"] for r in points], markers[i % 12],
-                linestyle="-" if len(points) > 1 else "", label=fam, alpha=0.8)
+                color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+                linestyle="-" if len(points) > 1 else "", label=fam, alpha=0.85)
     ax.set_xlabel("generalization gap (train - test accuracy) = gap-attack advantage")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
