@@ -134,3 +134,12 @@ def test_cli_bad_defense_options_exit_2_before_training(tmp_path, args, message)
     assert len(lines) == 1 and __import__("re").search(message, lines[0]), lines
     assert not out.exists()
     assert "Epoch" not in result.stdout
+
+
+@pytest.mark.parametrize("schedule", ["paper", "joint"])
+def test_default_mmd_weights_do_not_collapse_training_on_digits(digits, schedule):
+    data, split = digits
+    trained = train_target(data, split, TrainConfig("cnn", epochs=15, seed=0),
+                           DefenseConfig("mmd-mixup", mmd_schedule=schedule), verbose=0)
+    assert trained.defense["mmd_weight"] == {"paper": 6.5, "joint": 5.0}[schedule]
+    assert trained.train_accuracy > 0.8 and trained.test_accuracy > 0.75, trained
