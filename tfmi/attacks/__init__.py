@@ -1,0 +1,1 @@
+"""Membership inference attacks: signals, shadow models and the metrics that score them."""
