@@ -138,7 +138,7 @@ class ThresholdAttack:
     ) -> AttackResult:
         """Upper bound: the threshold chosen on the target's own membership labels (``"oracle"``)."""
         return evaluate_scores(self.raw_scores(member_signals), self.raw_scores(non_member_signals),
-                               attack=f"{self.attack} (oracle)", threshold=None, threshold_source="oracle",
+                               attack=self.name, threshold=None, threshold_source="oracle",
                                bootstrap=bootstrap, seed=seed)
 
 
