@@ -1,0 +1,212 @@
+"""Shadow models: the balanced IN/OUT design, batched training (masking isolates the shadows) and the
+sequential fallback, on the embedded digits data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmi.attacks.shadow import (
+    ShadowSet,
+    _BatchedTrainer,
+    _ParallelModels,
+    _StackedDense,
+    sample_shadow_masks,
+    train_shadows,
+)
+from tfmi.data import load_dataset
+from tfmi.defenses.config import DefenseConfig
+from tfmi.errors import TfmiError
+from tfmi.models import build_model
+from tfmi.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def pool(digits):
+    return np.random.default_rng(0).permutation(len(digits))[:240]
+
+
+@pytest.fixture(scope="module")
+def batched_mlp(digits, pool) -> ShadowSet:
+    return train_shadows(digits, pool, TrainConfig("mlp", epochs=12, batch_size=32), num_shadows=4,
+                         seed=3, batched=True)
+
+
+# --- the mask design ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, k", [(1000, 16), (37, 4), (10, 2)])
+def test_masks_even_k_are_exactly_balanced_per_record(n, k):
+    masks = sample_shadow_masks(n, k, seed=0)
+    assert masks.shape == (k, n) and masks.dtype == bool
+    assert np.all(masks.sum(axis=0) == k // 2)
+    if n >= 1000:  # each shadow trains on about half the records
+        assert np.all(np.abs(masks.sum(axis=1) - n / 2) < 0.06 * n)
+    assert masks.sum() == n * k // 2
+
+
+def test_masks_odd_k_and_single_shadow():
+    masks = sample_shadow_masks(1001, 5, seed=2)
+    assert set(masks.sum(axis=0).tolist()) <= {2, 3}
+    assert abs(masks.sum() - 1001 * 2.5) <= 1
+    single = sample_shadow_masks(100, 1, seed=0)
+    assert single.sum() == 50
+
+
+def test_masks_are_seeded_and_random():
+    a, b = sample_shadow_masks(500, 8, seed=7), sample_shadow_masks(500, 8, seed=7)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, sample_shadow_masks(500, 8, seed=8))
+    # every record's IN set is a random subset: each shadow is IN for about half of the records
+    # and no two shadows share the same mask
+    assert len({row.tobytes() for row in a}) == 8
+
+
+# --- batched training ---------------------------------------------------------------------------
+
+def test_batched_shadows_memorize_their_own_half(digits, pool, batched_mlp):
+    shadows = batched_mlp
+    assert shadows.batched and shadows.masks.shape == (4, len(pool))
+    assert np.array_equal(shadows.pool, pool)
+    logits = shadows.logits(digits.x[pool])
+    assert logits.shape == (4, len(pool), 10)
+    y = digits.y[pool]
+    loss = -tf.nn.log_softmax(logits).numpy()[:, np.arange(len(pool)), y]
+    for k, m in enumerate(shadows.masks):
+        assert shadows.train_accuracy[k] >= shadows.test_accuracy[k]
+        assert loss[k, m].mean() < 0.5 * loss[k, ~m].mean()  # own IN records fit much better
+    assert shadows.train_accuracy.mean() > shadows.test_accuracy.mean()
+    assert shadows.train_accuracy.min() > 0.95 and shadows.test_accuracy.min() > 0.7
+
+
+def test_shadow_model_matches_stacked_logits(digits, batched_mlp):
+    x = digits.x[:9]
+    model = batched_mlp.shadow_model(2)
+    assert isinstance(model, tf.keras.Model)
+    np.testing.assert_allclose(model(x, training=False).numpy(), batched_mlp.logits(x)[2], atol=1e-4)
+
+
+def _stacked(digits, name, k=3):
+    if name == "mlp":
+        net = _StackedDense(build_model(name, digits.input_shape, digits.num_classes), list(range(k)))
+        models = []
+        for i in range(k):  # lone copies of each shadow
+            models.append(build_model(name, digits.input_shape, digits.num_classes))
+            models[-1].set_weights(net.shadow_weights(i))
+        return net, models
+    models = [build_model(name, digits.input_shape, digits.num_classes, seed=s) for s in range(k)]
+    return _ParallelModels(models), models
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_zero_weight_shadow_does_not_move(digits, name):
+    net, _ = _stacked(digits, name)
+    trainer = _BatchedTrainer(net, TrainConfig(name, learning_rate=1e-2))
+    before = [net.shadow_weights(k) for k in range(3)]
+    x, y = np.stack([digits.x[:64]] * 3), np.stack([digits.y[:64]] * 3)
+    w = np.ones((3, 64), np.float32)
+    w[0] = 0.0  # shadow 0 has no IN records in this batch
+    w[2, ::2] = 0.0
+    for _ in range(2):  # fresh Adam moments: a zero gradient never moves the weights
+        trainer.step(x, y, w)
+    after = [net.shadow_weights(k) for k in range(3)]
+    for b, a in zip(before[0], after[0], strict=True):
+        np.testing.assert_array_equal(b, a)
+    for k in (1, 2):
+        assert any(not np.array_equal(b, a) for b, a in zip(before[k], after[k], strict=True))
+
+
+def test_stacked_gradients_equal_each_shadow_alone(digits):
+    """Shadow k's gradient in the joint loss is the gradient of a lone model on its IN records."""
+    net, models = _stacked(digits, "mlp")
+    rng = np.random.default_rng(0)
+    x, y = digits.x[:50], digits.y[:50]
+    w = (rng.random((3, 50)) < 0.5).astype(np.float32)
+    with tf.GradientTape() as tape:
+        # the trainer's loss, all shadows fed the same records with their own 0/1 weights
+        logits = net(tf.constant(np.stack([x] * 3)), training=True, per_shadow=True)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(np.tile(y, (3, 1)), logits)
+        loss = tf.reduce_sum(tf.reduce_sum(ce * w, axis=1) / w.sum(axis=1))
+    joint = tape.gradient(loss, net.variables)
+    ce_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for k, model in enumerate(models):
+        inside = w[k] > 0
+        with tf.GradientTape() as tape:
+            alone_loss = ce_loss(y[inside], model(x[inside], training=True))
+        alone = tape.gradient(alone_loss, model.trainable_variables)
+        for g_joint, g_alone in zip(joint, alone, strict=True):
+            np.testing.assert_allclose(g_joint[k].numpy(), g_alone.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_batched_and_sequential_agree(digits, pool, batched_mlp):
+    config = TrainConfig("mlp", epochs=12, batch_size=32)
+    sequential = train_shadows(digits, pool, config, num_shadows=4, seed=3, batched=False,
+                               masks=batched_mlp.masks)
+    assert not sequential.batched
+    assert sequential.logits(digits.x[:5]).shape == (4, 5, 10)
+    assert abs(sequential.train_accuracy.mean() - batched_mlp.train_accuracy.mean()) < 0.05
+    assert abs(sequential.test_accuracy.mean() - batched_mlp.test_accuracy.mean()) < 0.08
+
+
+def test_cnn_batched_and_defense_fallback(digits, pool):
+    cnn = train_shadows(digits, pool[:120], TrainConfig("cnn", epochs=2, batch_size=32), num_shadows=2)
+    assert cnn.batched and cnn.logits(digits.x[:3]).shape == (2, 3, 10)
+    l2 = train_shadows(digits, pool[:120], TrainConfig("mlp", epochs=1), num_shadows=2,
+                       defense=DefenseConfig("l2"))
+    assert not l2.batched and l2.logits(digits.x[:3]).shape == (2, 3, 10)
+    assert np.all((0 <= l2.train_accuracy) & (l2.train_accuracy <= 1))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool, kwargs, match", [
+    (np.arange(10), {"num_shadows": 0}, "number of shadows"),
+    (np.arange(10), {"num_shadows": 2.5}, "number of shadows"),
+    (np.array([0]), {}, "at least 2"),
+    (np.array([0, 5000]), {}, "pool indices"),
+    (np.array([-1, 3]), {}, "pool indices"),
+    (np.array([1, 2, 2]), {}, "repeats"),
+    (np.zeros((2, 2), int), {}, "1-D"),
+    (np.array([0.0, 1.0]), {}, "integer"),
+    (np.arange(10), {"batched": True, "defense": DefenseConfig("dp-sgd")}, "batched=False"),
+    (np.arange(10), {"num_shadows": 2, "masks": np.ones((3, 10), bool)}, "shape"),
+    (np.arange(4), {"num_shadows": 2, "masks": np.array([[1, 1, 0, 0], [0] * 4], bool)}, "no IN"),
+])
+def test_bad_inputs_raise(digits, pool, kwargs, match):
+    with pytest.raises(TfmiError, match=match):
+        train_shadows(digits, pool, TrainConfig("mlp", epochs=1), **kwargs)
+
+
+def test_bad_mask_arguments_raise():
+    with pytest.raises(TfmiError, match="number of records"):
+        sample_shadow_masks(0, 4)
+    with pytest.raises(TfmiError, match="number of shadows"):
+        sample_shadow_masks(10, True)
+
+
+def test_bad_shadow_index_raises(batched_mlp):
+    with pytest.raises(TfmiError, match="out of range"):
+        batched_mlp.shadow_model(4)
+
+
+def test_each_epoch_feeds_every_shadow_its_own_records_once(digits):
+    """The batch schedule: per epoch each shadow sees each IN record once and no OUT record."""
+    net, _ = _stacked(digits, "mlp", k=5)
+    trainer = _BatchedTrainer(net, TrainConfig("mlp"))
+    masks = sample_shadow_masks(101, 5, seed=4)
+    seen = []
+    trainer.step = lambda x, y, w: seen.append((y.copy(), w.copy()))
+    trainer.fit(np.zeros((101, 1)), np.arange(101), masks, epochs=2, batch_size=8,
+                rng=np.random.default_rng(0))
+    steps = -(-masks.sum(axis=1).max() // 8)
+    assert len(seen) == 2 * steps
+    for epoch in (seen[:steps], seen[steps:]):
+        for k in range(5):
+            fed = np.concatenate([y[k][w[k] > 0] for y, w in epoch])
+            assert np.array_equal(np.sort(fed), np.flatnonzero(masks[k]))
+            assert all(w[k].sum() > 0 for _, w in epoch)  # never an empty step

@@ -1,0 +1,361 @@
+"""Shadow models for membership inference (Shokri et al. 2017; LiRA, Carlini et al. 2022).
+
+K shadow models are trained the way the target was (same zoo network, same `TrainConfig`), each on a
+random half of a record pool, so that every pool record is IN (a training record) for half of the
+shadows and OUT for the other half. `train_shadows` returns a `ShadowSet`: the membership masks, the
+pool, the shadows' logits on any inputs, and each shadow's accuracy on its IN and OUT records.
+
+Which pool to use: for offline attacks (and shadow-model classifiers) the split's ``shadow_pool``,
+records the target never saw; for online LiRA the union of the records the attacker evaluates
+(members and non-members of the target) and the shadow pool, so every evaluated record has IN and
+OUT shadows.
+
+Batched training. Small networks barely occupy the CPU, so training the K shadows one after the
+other is mostly per-step overhead. For defense ``"none"`` and the ``mlp``/``cnn`` zoo networks the
+K shadows are trained together as one model: the dense ``mlp`` is vectorized (each layer's kernels
+are stacked into a ``(K, in, out)`` tensor and applied with one batched matmul), the ``cnn`` runs K
+copies side by side in one graph. Every step feeds shadow k its own batch of ``batch_size`` of its IN
+records (a ``(K, batch)`` gather from the pool, with a ``(K, batch)`` 0/1 weight matrix for padding):
+no compute is spent on a shadow's OUT records. The loss is the sum over shadows of each shadow's
+weighted mean cross-entropy, so shadow k's gradient depends only on its own records and its own
+weights. Adam (and SGD with momentum) act element-wise, so the K shadows are optimized
+independently, as K separate trainings would be. An epoch is one pass over the pool: each
+shadow sees each of its IN records once per epoch, like the target.
+
+>>> import numpy as np
+>>> masks = sample_shadow_masks(6, 4, seed=0)
+>>> masks.shape, masks.sum(axis=0).tolist()
+((4, 6), [2, 2, 2, 2, 2, 2])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from tfmi.data.dataset import Dataset, check_features
+from tfmi.data.splits import MembershipSplit
+from tfmi.defenses.config import DefenseConfig
+from tfmi.errors import TfmiError
+from tfmi.models import build_model
+from tfmi.training import PREDICT_BATCH_SIZE, TrainConfig, plan_training, predict_in_batches
+
+#: zoo networks the batched path trains (defense "none" only)
+BATCHED_MODELS = ("mlp", "cnn")
+
+
+def _check_count(value, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise TfmiError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def sample_shadow_masks(num_records: int, num_shadows: int, seed: int = 0) -> np.ndarray:
+    """A balanced ``(num_shadows, num_records)`` boolean design: ``masks[k, i]`` is True when record
+    ``i`` is IN (trained on) for shadow ``k``.
+
+    Each record is IN for exactly ``K // 2`` shadows when K is even; for odd K, for ``K // 2`` or
+    ``K // 2 + 1`` shadows, alternating between records (in a random order), so each shadow still
+    trains on about half the records. Per record the IN shadows are a uniformly random subset.
+
+    >>> m = sample_shadow_masks(1000, 16, seed=1)
+    >>> set(m.sum(axis=0).tolist()), bool(np.all(abs(m.sum(axis=1) - 500) < 60))
+    ({8}, True)
+    >>> bool(np.array_equal(m, sample_shadow_masks(1000, 16, seed=1)))
+    True
+    """
+    n = _check_count(num_records, "the number of records", 1)
+    k = _check_count(num_shadows, "the number of shadows", 1)
+    rng = np.random.default_rng(seed)
+    in_count = np.full(n, k // 2)
+    if k % 2:
+        in_count[rng.permutation(n)[: n // 2 + (n % 2) * int(rng.integers(2))]] += 1
+    # per record, a random ranking of the shadows; the first in_count of them are IN
+    ranks = np.argsort(rng.random((n, k)), axis=1).argsort(axis=1)
+    return np.ascontiguousarray((ranks < in_count[:, None]).T)
+
+
+def _shadow_seeds(seed: int, num_shadows: int) -> list[int]:
+    states = np.random.SeedSequence([int(seed), 0x5AD0]).generate_state(num_shadows)
+    return [int(s % (2**31 - 1)) for s in states]
+
+
+def _optimizer(config: TrainConfig):
+    """The target's optimizer (`tfmi.training`), in its Keras legacy form: the same update rule, but
+    one fused kernel per variable (ResourceApplyAdam), which halves the step time of K stacked
+    shadows, where the optimizer's memory traffic dominates."""
+    if config.optimizer == "sgd":
+        return tf.keras.optimizers.legacy.SGD(config.learning_rate, momentum=0.9)
+    return tf.keras.optimizers.legacy.Adam(config.learning_rate)
+
+
+def _initial(initializer, shape: tuple[int, ...], seeds: list[int]) -> np.ndarray:
+    """``initializer`` (a Keras initializer) drawn once per seed, stacked: (K, *shape)."""
+    config = initializer.get_config()
+    draws = []
+    for seed in seeds:
+        if "seed" in config:
+            config["seed"] = seed
+        draws.append(np.asarray(type(initializer).from_config(config)(shape, dtype="float32")))
+    return np.stack(draws)
+
+
+class _StackedDense:
+    """K copies of a dense network (Dense/Flatten layers only) with stacked weights, run as batched
+    matmuls; shadow k's layers are drawn from the template's initializers with ``seeds[k]``."""
+
+    def __init__(self, template: tf.keras.Model, seeds: list[int]):
+        self.activations = []
+        self.kernels: list[tf.Variable] = []
+        self.biases: list[tf.Variable] = []
+        dense = [layer for layer in template.layers if isinstance(layer, tf.keras.layers.Dense)]
+        for i, layer in enumerate(dense):
+            self.activations.append(layer.activation)
+            layer_seeds = [s * 31 + i for s in seeds]
+            shape = tuple(layer.kernel.shape)
+            self.kernels.append(tf.Variable(_initial(layer.kernel_initializer, shape, layer_seeds),
+                                            name=f"kernel_{i}"))
+            self.biases.append(tf.Variable(_initial(layer.bias_initializer, (shape[1],), layer_seeds),
+                                           name=f"bias_{i}"))
+        self.variables = [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
+
+    @staticmethod
+    def supports(model: tf.keras.Model) -> bool:
+        allowed = (tf.keras.layers.InputLayer, tf.keras.layers.Flatten, tf.keras.layers.Dense)
+        return all(isinstance(layer, allowed) for layer in model.layers) and not model.losses
+
+    def __call__(self, x: tf.Tensor, training: bool = False, per_shadow: bool = False) -> tf.Tensor:
+        """Logits ``(K, batch, classes)`` of ``x`` (batch, ...) or, with ``per_shadow``, of ``x``
+        (K, batch, ...): each shadow on its own batch."""
+        if per_shadow:
+            h = tf.reshape(x, (tf.shape(x)[0], tf.shape(x)[1], -1))
+        else:
+            h = tf.reshape(x, (tf.shape(x)[0], -1))
+        for i, (w, b, act) in enumerate(zip(self.kernels, self.biases, self.activations, strict=True)):
+            if i == 0 and not per_shadow:  # shared inputs: one (batch, d) x (d, K * out) matmul
+                k, d, out = tf.unstack(tf.shape(w))
+                h = tf.matmul(h, tf.reshape(tf.transpose(w, (1, 0, 2)), (d, k * out)))
+                h = tf.transpose(tf.reshape(h, (-1, k, out)), (1, 0, 2))
+            else:
+                h = tf.matmul(h, w)
+            h = act(h + b[:, None, :])
+        return h
+
+    def shadow_weights(self, k: int) -> list[np.ndarray]:
+        return [v[k].numpy() for v in self.variables]
+
+
+class _ParallelModels:
+    """K Keras models side by side in one graph (for networks the dense path cannot vectorize)."""
+
+    def __init__(self, models: list[tf.keras.Model]):
+        self.models = models
+        self.variables = [v for m in models for v in m.trainable_variables]
+
+    def __call__(self, x: tf.Tensor, training: bool = False, per_shadow: bool = False) -> tf.Tensor:
+        if per_shadow:
+            return tf.stack([m(x[k], training=training) for k, m in enumerate(self.models)])
+        return tf.stack([m(x, training=training) for m in self.models])
+
+    def shadow_weights(self, k: int) -> list[np.ndarray]:
+        return self.models[k].get_weights()
+
+
+class _BatchedTrainer:
+    """Trains a stacked network with a per-shadow masked loss; one optimizer over all variables."""
+
+    def __init__(self, network, config: TrainConfig):
+        self.network = network
+        self.optimizer = _optimizer(config)
+        self._step = tf.function(self._train_step, reduce_retracing=True)
+
+    def _train_step(self, x, y, w):
+        """One step: shadow k trains on ``x[k], y[k]`` (K, batch, ...) weighted by ``w[k]`` (K, batch),
+        1 for its IN records and 0 for padding (or records it must not see)."""
+        with tf.GradientTape() as tape:
+            logits = self.network(x, training=True, per_shadow=True)  # (K, B, C)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)  # (K, B)
+            per_shadow = tf.reduce_sum(ce * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
+            loss = tf.reduce_sum(per_shadow)
+        grads = tape.gradient(loss, self.network.variables)
+        self.optimizer.apply_gradients(zip(grads, self.network.variables, strict=True))
+        return per_shadow
+
+    def step(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return self._step(tf.constant(x), tf.constant(y, tf.int32), tf.constant(w, tf.float32)).numpy()
+
+    def fit(self, x: np.ndarray, y: np.ndarray, masks: np.ndarray, epochs: int, batch_size: int,
+            rng: np.random.Generator) -> None:
+        """Each epoch every shadow passes once over its own IN records in a random order, in
+        ``ceil(max IN count / batch_size)`` steps; a shadow with fewer IN records spreads them evenly
+        over the steps (the rest of its batch has zero weight), so no shadow ever takes an empty
+        step (under Adam, even a zero gradient moves the weights through the momentum)."""
+        members = [np.flatnonzero(m) for m in masks]
+        steps = -(-max(len(m) for m in members) // batch_size)
+        for _ in range(epochs):
+            idx = np.zeros((len(members), steps, batch_size), np.int64)
+            w = np.zeros(idx.shape, np.float32)
+            for k, m in enumerate(members):
+                position = np.arange(len(m))
+                idx[k, position % steps, position // steps] = rng.permutation(m)
+                w[k, position % steps, position // steps] = 1.0
+            for s in range(steps):
+                batch = idx[:, s]
+                self.step(x[batch], y[batch], w[:, s])
+
+
+@dataclass
+class ShadowSet:
+    """K trained shadow models and which pool records each trained on.
+
+    ``pool`` holds dataset indices (N,); ``masks[k, i]`` is True when ``pool[i]`` was IN for shadow
+    k. ``train_accuracy[k]``/``test_accuracy[k]``: shadow k's accuracy on its IN/OUT pool records.
+    """
+
+    pool: np.ndarray
+    masks: np.ndarray
+    config: TrainConfig
+    batched: bool
+    train_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    test_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seeds: list[int] = field(default_factory=list)
+    _network: object = field(default=None, repr=False)  # _StackedDense | _ParallelModels
+    _models: list = field(default_factory=list, repr=False)  # sequential: one Keras model per shadow
+    _build: tuple = field(default=(), repr=False)  # (input_shape, num_classes) for shadow_model
+
+    @property
+    def num_shadows(self) -> int:
+        return int(self.masks.shape[0])
+
+    def logits(self, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
+        """Logits of every shadow on ``x``: shape ``(K, n, num_classes)``, float32."""
+        x = check_features(x)
+        if self._network is not None:
+            chunks = [self._network(tf.constant(x[s:s + batch_size]), training=False).numpy()
+                      for s in range(0, len(x), batch_size)]
+            return np.concatenate(chunks, axis=1)
+        return np.stack([predict_in_batches(m, x, batch_size) for m in self._models])
+
+    def shadow_model(self, k: int) -> tf.keras.Model:
+        """Shadow ``k`` as a plain zoo Keras model (logits)."""
+        if not 0 <= k < self.num_shadows:
+            raise TfmiError(f"shadow index {k} out of range: there are {self.num_shadows} shadows")
+        if self._network is None:
+            return self._models[k]
+        if isinstance(self._network, _ParallelModels):
+            return self._network.models[k]
+        model = build_model(self.config.model, *self._build)
+        model.set_weights(self._network.shadow_weights(k))
+        return model
+
+
+def _check_pool(pool, num_records: int) -> np.ndarray:
+    pool = np.asarray(pool)
+    if pool.ndim != 1 or not (np.issubdtype(pool.dtype, np.integer) or pool.size == 0):
+        raise TfmiError(f"the pool must be a 1-D array of integer record indices, got shape {pool.shape} "
+                        f"and dtype {pool.dtype}")
+    if len(pool) < 2:
+        raise TfmiError(f"the shadow pool has {len(pool)} record(s): give at least 2 (each shadow "
+                        "trains on half of it)")
+    if pool.min() < 0 or pool.max() >= num_records:
+        raise TfmiError(f"pool indices must be in [0, {num_records}) for this dataset, found "
+                        f"{int(pool.min())}..{int(pool.max())}: the pool was drawn for other data")
+    if len(np.unique(pool)) != len(pool):
+        raise TfmiError("the pool repeats record indices: pass each record once (e.g. np.unique(pool))")
+    return pool.astype(np.int64)
+
+
+def _batched_supported(config: TrainConfig, defense: DefenseConfig) -> bool:
+    return defense.name == "none" and config.model in BATCHED_MODELS and config.dropout == 0.0
+
+
+def _accuracies(logits: np.ndarray, y: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    correct = np.argmax(logits, axis=2) == y[None, :]
+    train = np.array([correct[k, m].mean() if m.any() else np.nan for k, m in enumerate(masks)])
+    test = np.array([correct[k, ~m].mean() if (~m).any() else np.nan for k, m in enumerate(masks)])
+    return train, test
+
+
+def train_shadows(
+    data: Dataset,
+    pool,
+    config: TrainConfig,
+    *,
+    num_shadows: int = 16,
+    seed: int = 0,
+    batched: bool | None = None,
+    defense: DefenseConfig | None = None,
+    masks: np.ndarray | None = None,
+) -> ShadowSet:
+    """Train ``num_shadows`` shadows of ``config.model`` on random halves of ``data`` records ``pool``.
+
+    ``pool``: dataset indices (unique, >= 2). ``masks``: an explicit ``(K, len(pool))`` boolean
+    design (default `sample_shadow_masks` with ``seed``). ``batched``: None picks the batched path
+    where supported (defense ``"none"``, model ``mlp`` or ``cnn``, no dropout), True demands it, False
+    trains the shadows one after another with the target's training plan (`tfmi.training.plan_training`:
+    any zoo model and defense; defenses that need a held-out reference set get the shadow's OUT
+    records). Shadow k's initial weights are seeded from ``seed`` and k, not ``config.seed``.
+
+    >>> from tfmi.data import load_dataset
+    >>> data = load_dataset("digits")
+    >>> shadows = train_shadows(data, np.arange(64), TrainConfig("mlp", epochs=1), num_shadows=2)
+    >>> shadows.logits(data.x[:5]).shape, shadows.masks.shape
+    ((2, 5, 10), (2, 64))
+    """
+    defense = defense or DefenseConfig()
+    k = _check_count(num_shadows, "the number of shadows", 1)
+    pool = _check_pool(pool, len(data))
+    if masks is None:
+        masks = sample_shadow_masks(len(pool), k, seed)
+    else:
+        masks = np.asarray(masks)
+        if masks.dtype != bool or masks.shape != (k, len(pool)):
+            raise TfmiError(f"masks must be a boolean array of shape ({k}, {len(pool)}) "
+                            f"(shadows, pool records), got {masks.dtype} {masks.shape}")
+    empty = np.flatnonzero(~masks.any(axis=1))
+    if len(empty):
+        raise TfmiError(f"shadow {int(empty[0])} has no IN records: use a larger pool")
+    supported = _batched_supported(config, defense)
+    if batched is None:
+        batched = supported
+    elif batched and not supported:
+        raise TfmiError(f"batched shadow training supports defense 'none' with models "
+                        f"{', '.join(BATCHED_MODELS)} and no dropout, not {config.model!r} with "
+                        f"{defense.name!r}: pass batched=False")
+    seeds = _shadow_seeds(seed, k)
+    x, y = data.x[pool], np.asarray(data.y[pool])
+    result = ShadowSet(pool=pool, masks=masks, config=config, batched=bool(batched), seeds=seeds,
+                       _build=(data.input_shape, data.num_classes))
+    if batched:
+        template = build_model(config.model, data.input_shape, data.num_classes, seed=seeds[0])
+        if _StackedDense.supports(template):
+            network = _StackedDense(template, seeds)
+        else:
+            network = _ParallelModels([template] + [
+                build_model(config.model, data.input_shape, data.num_classes, seed=s) for s in seeds[1:]])
+        trainer = _BatchedTrainer(network, config)
+        trainer.fit(x, y, masks, config.epochs, config.batch_size, np.random.default_rng(seeds[0]))
+        result._network = network
+    else:
+        for shadow, s in enumerate(seeds):
+            inside, outside = pool[masks[shadow]], pool[~masks[shadow]]
+            split = MembershipSplit(s, inside, outside, outside, np.zeros(0, np.int64))
+            plan = plan_training(data, split, dataclasses.replace(config, seed=s), defense)
+            y_fit = data.y[inside]
+            if plan.one_hot_labels:
+                y_fit = tf.keras.utils.to_categorical(y_fit, data.num_classes)
+            validation = None
+            if plan.validate_on_reference:
+                y_val = data.y[outside]
+                if plan.one_hot_labels:
+                    y_val = tf.keras.utils.to_categorical(y_val, data.num_classes)
+                validation = (data.x[outside], y_val)
+            plan.trainable.fit(data.x[inside], y_fit, validation_data=validation, epochs=config.epochs,
+                               batch_size=config.batch_size, shuffle=True, verbose=0,
+                               callbacks=list(plan.callbacks))
+            result._models.append(plan.inner)
+    result.train_accuracy, result.test_accuracy = _accuracies(result.logits(x), y, masks)
+    return result
