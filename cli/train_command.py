@@ -47,14 +47,11 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     from tfmi.artifacts import check_output_dir, write_model_dir
     from tfmi.data import load_dataset, membership_split
     from tfmi.environment import library_versions
-    from tfmi.errors import TfmiError
-    from tfmi.models import MODEL_NAMES
+    from tfmi.models import check_model_name
     from tfmi.training import TrainConfig, train_target
 
     data = load_dataset(dataset, data_dir, label_column=label_column)
-    model_name = model_name or data.default_model
-    if model_name not in MODEL_NAMES:
-        raise TfmiError(f"unknown model {model_name!r}: use one of {', '.join(MODEL_NAMES)}")
+    model_name = check_model_name(model_name or data.default_model)
     config = TrainConfig(model_name, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, seed=seed)
     defense_config = defense_from_options(defense, defense_values)

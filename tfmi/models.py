@@ -124,6 +124,17 @@ MODEL_BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
 
 
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a zoo model, else raise naming the valid ones.
+
+    >>> check_model_name("mlp")
+    'mlp'
+    """
+    if name not in MODEL_BUILDERS:
+        raise TfmiError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    return name
+
+
 def build_model(
     name: str,
     input_shape: Sequence[int],
@@ -142,9 +153,7 @@ def build_model(
     >>> build_model("cnn", (8, 8, 1), 10).output_shape
     (None, 10)
     """
-    builder = MODEL_BUILDERS.get(name)
-    if builder is None:
-        raise TfmiError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    builder = MODEL_BUILDERS[check_model_name(name)]
     if num_classes < 2:
         raise TfmiError(f"a classifier needs at least 2 classes, got {num_classes}")
     if not 0.0 <= dropout < 1.0:

@@ -60,7 +60,7 @@ class TrainedTarget:
         return self.train_accuracy - self.test_accuracy
 
 
-def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> float:
+def accuracy(model, x: np.ndarray | tf.Tensor, y: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> float:
     """Fraction of ``x`` whose arg-max output equals ``y`` (works on logits or probabilities).
 
     ``model`` is anything callable on a batch: a Keras model or a SavedModel's serving function.
@@ -69,11 +69,11 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = PREDICT_BATC
     return float(np.mean(np.argmax(outputs, axis=1) == y))
 
 
-def predict_in_batches(model, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
-    """Outputs of ``model`` on ``x``, computed batch by batch in inference mode."""
+def predict_in_batches(model, x: np.ndarray | tf.Tensor, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
+    """Outputs of ``model`` on ``x`` (an array, tensor or variable), batch by batch in inference mode."""
     chunks = []
-    for start in range(0, len(x), batch_size):
-        batch = tf.constant(x[start:start + batch_size])
+    for start in range(0, int(x.shape[0]), batch_size):
+        batch = tf.convert_to_tensor(x[start:start + batch_size])
         out = model(batch, training=False) if isinstance(model, tf.keras.Model) else model(batch)
         if isinstance(out, dict):  # SavedModel signatures return {name: tensor}
             out = next(iter(out.values()))

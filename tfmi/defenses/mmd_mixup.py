@@ -52,6 +52,7 @@ from tfmi.defenses.config import DEFAULT_MMD_WEIGHT
 from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
 from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
 from tfmi.errors import TfmiError
+from tfmi.training import accuracy, predict_in_batches
 
 SCHEDULES = tuple(DEFAULT_MMD_WEIGHT)
 EVAL_BATCH_SIZE = 4096
@@ -248,18 +249,12 @@ class MMDMixupModel(DefendedModel):
 
     def accuracy_on(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> float:
         """Clean (inference-mode) accuracy of the inner model, computed in large batches."""
-        correct = sum(
-            float(tf.reduce_sum(_correct(self._predict(x[start:start + EVAL_BATCH_SIZE]),
-                                         y[start:start + EVAL_BATCH_SIZE])))
-            for start in range(0, int(x.shape[0]), EVAL_BATCH_SIZE)
-        )
-        return correct / int(x.shape[0])
+        return accuracy(self._predict, x, np.asarray(y).reshape(-1), EVAL_BATCH_SIZE)
 
     def reference_probabilities(self) -> tf.Tensor:
         """Inference-mode class probabilities on the whole reference set (n_ref x classes)."""
-        n = int(self.reference_x.shape[0])
-        return tf.concat([self.probabilities(self._predict(self.reference_x[start:start + EVAL_BATCH_SIZE]))
-                          for start in range(0, n, EVAL_BATCH_SIZE)], axis=0)
+        outputs = predict_in_batches(self._predict, self.reference_x, EVAL_BATCH_SIZE)
+        return self.probabilities(tf.constant(outputs))
 
     @tf.function(reduce_retracing=True)
     def _predict(self, x):
