@@ -94,9 +94,19 @@ def _check_fpr(fpr: float) -> float:
 
 def _roc_counts(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive counts, true positive counts, thresholds), with the (0, 0, +inf) start point."""
-    order = np.argsort(-scores, kind="stable")
-    s = scores[order]
-    y = is_member[order]
+    return _roc_counts_split(scores[is_member], scores[~is_member])
+
+
+def _roc_counts_split(
+    members: np.ndarray, non_members: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_roc_counts` from the two score sets: each is sorted on its own (numpy's fast unstable sort),
+    then a stable argsort of the two sorted runs merges them in linear time (timsort finds the runs),
+    about twice as fast as one stable argsort of all scores. Ties need no order: only run ends count."""
+    descending = np.concatenate([np.sort(-members), np.sort(-non_members)])
+    order = np.argsort(descending, kind="stable")
+    s = -descending[order]
+    y = order < len(members)
     last = np.flatnonzero(np.diff(s))  # last index of each run of equal scores, except the final one
     last = np.append(last, len(s) - 1)
     tps = np.cumsum(y, dtype=np.int64)[last]
@@ -392,10 +402,7 @@ def evaluate_scores(
     m = _check_scores(member_scores, "member_scores")
     nm = _check_scores(non_member_scores, "non_member_scores")
     n_m, n_n = len(m), len(nm)
-    scores = np.concatenate([m, nm])
-    is_member = np.zeros(n_m + n_n, bool)
-    is_member[:n_m] = True
-    fps, tps, thresholds = _roc_counts(scores, is_member)
+    fps, tps, thresholds = _roc_counts_split(m, nm)
     fpr, tpr = fps / n_n, tps / n_m
     auc = float(_trapezoid(tpr, fpr))
     gain = tpr - fpr
