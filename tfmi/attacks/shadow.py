@@ -31,6 +31,7 @@ shadow sees each of its IN records once per epoch, like the target.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -289,6 +290,7 @@ def train_shadows(
     batched: bool | None = None,
     defense: DefenseConfig | None = None,
     masks: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ShadowSet:
     """Train ``num_shadows`` shadows of ``config.model`` on random halves of ``data`` records ``pool``.
 
@@ -298,6 +300,7 @@ def train_shadows(
     trains the shadows one after another with the target's training plan (`tfmi.training.plan_training`:
     any zoo model and defense; defenses that need a held-out reference set get the shadow's OUT
     records). Shadow k's initial weights are seeded from ``seed`` and k, not ``config.seed``.
+    ``progress(done)`` is called with the number of shadows trained so far (all K at once when batched).
 
     >>> from tfmi.data import load_dataset
     >>> data = load_dataset("digits")
@@ -339,6 +342,8 @@ def train_shadows(
         trainer = _BatchedTrainer(network, config)
         trainer.fit(x, y, masks, config.epochs, config.batch_size, np.random.default_rng(seeds[0]))
         result._network = network
+        if progress is not None:
+            progress(k)
     else:
         for shadow, s in enumerate(seeds):
             inside, outside = pool[masks[shadow]], pool[~masks[shadow]]
@@ -357,5 +362,7 @@ def train_shadows(
                                batch_size=config.batch_size, shuffle=True, verbose=0,
                                callbacks=list(plan.callbacks))
             result._models.append(plan.inner)
+            if progress is not None:
+                progress(shadow + 1)
     result.train_accuracy, result.test_accuracy = _accuracies(result.logits(x), y, masks)
     return result
