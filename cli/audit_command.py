@@ -1,0 +1,255 @@
+"""``tfmi audit``: run the membership inference attacks on a trained model and write a report."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import numpy as np
+
+from cli.options import data_dir_option
+from tfmi.errors import TfmiError
+
+DEFAULT_AUDITS_DIR = Path("audits")
+NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory written by `tfmi train`"
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--signature", default=None, metavar="NAME",
+              help="SavedModel signature to call [default: serving_default, or the only one].")
+@click.option("--members", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Records the model was trained on (.npz with x/y, or .csv with a header).")
+@click.option("--non-members", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Records the model never saw, same format. Without --members/--non-members MODEL "
+                   "must be a `tfmi train` directory: its dataset and recorded split are used.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of .csv files.")
+@data_dir_option
+@click.option("--outputs", type=click.Choice(["auto", "logits", "probabilities"]), default="auto",
+              show_default=True,
+              help="What the model returns; auto reads a Keras model's last activation, else checks "
+                   "whether rows are distributions.")
+@click.option("--attacks", default="all", show_default=True,
+              help="Comma list of attacks or groups (all, threshold, learned, lira).")
+@click.option("--shadows", "num_shadows", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Shadow models to train (0: none; only the gap attack and oracle upper bounds run). "
+                   "Shadows train on random halves of all audited records, members and non-members "
+                   "(the online setting), so LiRA online can run.")
+@click.option("--shadow-model", default=None,
+              help="Zoo model for the shadows: mlp, cnn, alexnet or resnet20 "
+                   "[default: the dataset's usual model; mlp for flat features, cnn for images].")
+@click.option("--shadow-epochs", type=int, default=30, show_default=True)
+@click.option("--shadow-batch-size", type=int, default=64, show_default=True)
+@click.option("--shadow-lr", type=float, default=1e-3, show_default=True, help="Shadows' Adam learning rate.")
+@click.option("--per-class", is_flag=True, help="Calibrate threshold attacks per class.")
+@click.option("--learned-classifier", type=click.Choice(["mlp", "logistic"]), default="mlp",
+              show_default=True, help="Attack classifier of the shokri and top3 attacks.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Bootstrap resamples for confidence intervals (0: none).")
+@click.option("--flip", is_flag=True, help="Add horizontally flipped images as a second LiRA query.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the shadows and attack models.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: audits/<model name>].")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks, num_shadows,
+          shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, per_class, learned_classifier,
+          bootstrap, flip, seed, out, force) -> None:
+    """Audit MODEL for membership leakage and write a report (report.json, report.md, roc.png, signals.png).
+
+    MODEL is a SavedModel directory, a `tfmi train` model directory, or a .keras / .h5 file. The
+    records come from --members and --non-members, or, for a `tfmi train` directory, from its
+    dataset and recorded split. Oracle rows in the report are upper bounds: their thresholds are
+    chosen with the true membership labels.
+    """
+    from tfmi.artifacts import check_output_dir
+    from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, parse_attacks
+    from tfmi.model_loading import load_model
+    from tfmi.models import check_model_name
+    from tfmi.training import TrainConfig
+
+    requested = parse_attacks(attacks)
+    explicit = attacks.strip() != "all"
+    if num_shadows == 0 and explicit:
+        missing = [a for a in requested if a in SHADOW_ONLY_ATTACKS]
+        if missing:
+            raise TfmiError(f"{', '.join(missing)} need shadow models: pass --shadows K (e.g. --shadows 16)")
+    if num_shadows == 1 and "lira_online" in requested and explicit:
+        raise TfmiError("lira_online needs at least 2 shadows (IN and OUT models for each record): "
+                        "pass --shadows 2 or more")
+    if (members is None) != (non_members is None):
+        raise TfmiError(f"--members and --non-members go together: {NO_DATA_MESSAGE}")
+    out = Path(out) if out is not None else DEFAULT_AUDITS_DIR / (model.stem or "model")
+    # an existing empty directory is no one's work: replacing it needs no --force
+    replace = force or (out.is_dir() and not any(out.iterdir()))
+    check_output_dir(out, replace)
+
+    loaded = load_model(model, signature)
+    if members is not None:
+        data, member_idx, non_member_idx, source = _data_from_files(
+            loaded, members, non_members, label_column)
+        sidecar_outputs = None
+    else:
+        data, member_idx, non_member_idx, source, sidecar_outputs = _data_from_model_dir(model, data_dir)
+    _check_input_shape(loaded, data.input_shape)
+    if outputs == "auto" and sidecar_outputs in ("logits", "probabilities"):
+        outputs = sidecar_outputs
+
+    shadow_config = None
+    if num_shadows:
+        shadow_model = check_model_name(shadow_model or data.default_model)
+        shadow_config = TrainConfig(shadow_model, epochs=shadow_epochs, batch_size=shadow_batch_size,
+                                    learning_rate=shadow_lr, seed=seed)
+
+    target = loaded.keras_model if loaded.keras_model is not None else loaded.predict
+    from tfmi.attacks.signals import Signals, compute_signals, model_outputs
+
+    x_eval = data.x[np.concatenate([member_idx, non_member_idx])]
+    y_eval = data.y[np.concatenate([member_idx, non_member_idx])]
+    if loaded.num_outputs is None:
+        width = model_outputs(target, x_eval[:1], outputs="logits").num_classes
+        _check_width(width, data.num_classes, loaded.path)
+    target_outputs = model_outputs(target, x_eval, outputs=outputs)
+    signals = compute_signals(target_outputs, y_eval)
+
+    click.echo(f"model      {loaded.path} ({loaded.format}), input {loaded.input_shape}, "
+               f"{data.num_classes} classes, outputs {target_outputs.kind}")
+    click.echo(f"records    {source}: {len(member_idx)} members, {len(non_member_idx)} non-members")
+    shadows = None
+    pool = np.sort(np.concatenate([member_idx, non_member_idx]))
+    if shadow_config is not None:
+        from tfmi.attacks.shadow import train_shadows
+
+        click.echo(f"training   {num_shadows} {shadow_config.model} shadows on random halves of "
+                   f"the {len(pool)} audited records ({shadow_epochs} epochs) ...")
+        shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed)
+
+    from tfmi.attacks.suite import run_attacks
+
+    report = run_attacks(
+        target, data, member_idx, non_member_idx, attacks=attacks, shadows=shadows, outputs=outputs,
+        per_class=per_class, learned_classifier=learned_classifier, flip=flip, bootstrap=bootstrap,
+        seed=seed)
+
+    from tfmi.environment import library_versions
+    from tfmi.plots import plot_roc, plot_signal_histograms
+    from tfmi.report import (
+        ATTACK_COLUMNS,
+        attack_rows,
+        audit_markdown,
+        audit_summary_lines,
+        format_table,
+    )
+
+    params = click.get_current_context().params
+    meta = {
+        "model": str(model),
+        "loaded_from": loaded.path,
+        "format": loaded.format,
+        "signature": loaded.signature,
+        "outputs": report.output_kind,
+        "data": source,
+        "shadow_model": shadow_config.model if shadow_config else None,
+        "shadow_pool": (f"all {len(pool)} audited records (online)" if shadow_config else None),
+        "seed": seed,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()} | {"out": str(out)},
+        "command": shlex.join(["tfmi", *sys.argv[1:]]) if Path(sys.argv[0]).name == "tfmi" else None,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tfmi_version": library_versions()["tfmi"],
+        "versions": library_versions(),
+    }
+    lines = audit_summary_lines(report, meta)
+    table = format_table(ATTACK_COLUMNS, attack_rows(report))
+    is_member = np.r_[np.ones(len(member_idx), bool), np.zeros(len(non_member_idx), bool)]
+    sig_m, sig_n = (Signals(**{k: v[side] for k, v in signals.as_dict().items()})
+                    for side in (is_member, ~is_member))
+    plots = {"ROC curves": "roc.png", "Member vs non-member signals": "signals.png"}
+    name = Path(loaded.path).name
+
+    from tfmi.artifacts import atomic_directory
+
+    with atomic_directory(out, replace) as staging:
+        (staging / "report.json").write_text(
+            json.dumps({"meta": meta, "report": report.to_dict()}, indent=2) + "\n")
+        (staging / "report.md").write_text(audit_markdown(report, meta, plots))
+        plot_roc(report.results, staging / "roc.png", title=f"Membership inference ROC: {name}")
+        plot_signal_histograms(sig_m, sig_n, staging / "signals.png", title=f"Signals of {name}")
+
+    for line in lines[2:]:  # model and records were printed before the attacks ran
+        click.echo(line)
+    click.echo("")
+    click.echo(table)
+    click.echo("")
+    click.echo(f"saved      {out}/ (report.json, report.md, roc.png, signals.png)")
+
+
+def _check_width(width: int, num_classes: int, path: str) -> None:
+    if width != num_classes:
+        raise TfmiError(f"the model outputs {width} scores per example but the data has {num_classes} "
+                        f"classes: {path} was not trained on these labels")
+
+
+def _check_input_shape(loaded, shape: tuple[int, ...]) -> None:
+    expected = loaded.input_shape
+    if expected is None:
+        return
+    if len(expected) != len(shape) or any(e not in (None, s) for e, s in zip(expected, shape, strict=False)):
+        raise TfmiError(f"the model expects examples of shape {tuple(expected)} but the records have shape "
+                        f"{tuple(shape)}: audit it on the data it was trained on")
+
+
+def _data_from_files(loaded, members: Path, non_members: Path, label_column: str):
+    """One Dataset of members then non-members, labelled for the model's output width."""
+    from tfmi.data.dataset import check_features, check_labels, make_dataset
+    from tfmi.data.files import load_file
+
+    m = load_file(members, label_column=label_column)
+    n = load_file(non_members, label_column=label_column)
+    if m.input_shape != n.input_shape:
+        raise TfmiError(f"members ({members}) have features of shape {m.input_shape} but non-members "
+                        f"({non_members}) have {n.input_shape}: both files must hold the same features")
+    x = check_features(np.concatenate([m.x, n.x]))
+    y = check_labels(np.concatenate([m.y, n.y]))
+    top = int(y.max())
+    width = loaded.num_outputs
+    if width is not None and top >= width:
+        raise TfmiError(f"labels go up to {top} but the model outputs {width} scores per example: "
+                        f"labels must be class indices 0..{width - 1} of this model")
+    num_classes = width if width is not None else top + 1
+    default_model = "mlp" if x.ndim == 2 else "cnn"
+    data = make_dataset(x, y, num_classes, name=f"{m.name}+{n.name}", source=f"{members} + {non_members}",
+                        default_model=default_model)
+    member_idx = np.arange(len(m), dtype=np.int64)
+    non_member_idx = np.arange(len(m), len(m) + len(n), dtype=np.int64)
+    return data, member_idx, non_member_idx, f"{members} + {non_members}"
+
+
+def _data_from_model_dir(model: Path, data_dir: str | None):
+    """The dataset and recorded split of a `tfmi train` model directory."""
+    from tfmi.artifacts import SIDECAR_FILE, SPLIT_FILE, read_sidecar
+    from tfmi.data import load_dataset
+    from tfmi.data.splits import MembershipSplit
+
+    if not (model.is_dir() and (model / SIDECAR_FILE).is_file()):
+        raise TfmiError(NO_DATA_MESSAGE)
+    sidecar = read_sidecar(model)
+    try:
+        options = sidecar.get("options") or {}
+        dataset = sidecar["dataset"]
+        name = options.get("dataset") or dataset["name"]
+        split_file = model / (sidecar.get("split") or {}).get("file", SPLIT_FILE)
+        label_column = dataset.get("label_column") or options.get("label_column") or "label"
+        outputs = (sidecar.get("model") or {}).get("outputs")
+    except (AttributeError, KeyError, TypeError):
+        raise TfmiError(f"{model / SIDECAR_FILE} lacks the dataset record of `tfmi train`: "
+                        f"{NO_DATA_MESSAGE}") from None
+    data = load_dataset(name, data_dir or options.get("data_dir"), label_column=label_column)
+    records = dataset.get("records")
+    if records is not None and int(records) != len(data):
+        raise TfmiError(f"{model} was trained on {records} records of {name!r} but the dataset found now has "
+                        f"{len(data)}: point --data-dir at the data it was trained on")
+    split = MembershipSplit.load(split_file)
+    return data, split.members, split.non_members, f"{data.name} (split of {model.name})", outputs

@@ -1,0 +1,210 @@
+"""`tfmi audit` end to end: on models tfmi did not write (trained in a subprocess) and on `tfmi train`
+output."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tfmi.attacks.suite import THRESHOLD_ATTACK_NAMES
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+# Trains a plain Keras MLP without tfmi: logits SavedModel, .keras file and a softmax twin.
+TRAIN_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    out = sys.argv[1]
+    tf.keras.utils.set_random_seed(0)
+    digits = load_digits()
+    x = (digits.data / 16.0).astype("float32")
+    y = digits.target.astype("int64")
+    order = np.random.default_rng(0).permutation(len(y))
+    m, n = order[:300], order[300:600]
+
+    def mlp(last):
+        return tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(64, activation="relu"),
+                                    tf.keras.layers.Dense(10, activation=last)])
+
+    model = mlp(None)
+    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[m], y[m], epochs=40, batch_size=32, verbose=0)
+    model.export(os.path.join(out, "saved"))
+    model.save(os.path.join(out, "model.keras"))
+    probs = mlp("softmax")
+    probs.set_weights(model.get_weights())
+    probs.save(os.path.join(out, "probs.keras"))
+    np.savez(os.path.join(out, "members.npz"), x=x[m], y=y[m])
+    np.savez(os.path.join(out, "non_members.npz"), x=x[n], y=y[n])
+    np.savez(os.path.join(out, "predictions.npz"), members=model.predict(x[m], verbose=0),
+             non_members=model.predict(x[n], verbose=0))
+""")
+
+
+def run(args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("external")
+    script = folder / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def data_args(folder):
+    return ["--members", folder / "members.npz", "--non-members", folder / "non_members.npz"]
+
+
+def load_report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def saved_audit(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audits") / "saved"
+    result = run(["audit", trained / "saved", *data_args(trained), "--out", out])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_audit_of_a_plain_saved_model_writes_every_file(trained, saved_audit):
+    out, output = saved_audit
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "roc.png", "signals.png"]
+    saved = load_report(out)
+    report = saved["report"]
+    rows = {(r["attack"], r["threshold_source"]) for r in report["results"]}
+    assert ("gap", "none") in rows
+    for attack in THRESHOLD_ATTACK_NAMES[1:]:
+        assert (attack, "oracle") in rows
+    assert not any(source == "shadow" for _, source in rows)
+    assert report["num_members"] == 300 and report["num_non_members"] == 300
+    assert report["output_kind"] == "logits"
+    assert saved["meta"]["format"] == "saved_model" and saved["meta"]["signature"] == "serving_default"
+    assert any("skipped" in note for note in report["notes"])
+
+    # the gap attack's balanced accuracy is 0.5 + (train acc - test acc) / 2, from the script's outputs
+    predictions = np.load(trained / "predictions.npz")
+    y_m, y_n = np.load(trained / "members.npz")["y"], np.load(trained / "non_members.npz")["y"]
+    train_acc = float(np.mean(predictions["members"].argmax(1) == y_m))
+    test_acc = float(np.mean(predictions["non_members"].argmax(1) == y_n))
+    assert train_acc > test_acc
+    gap = next(r for r in report["results"] if r["attack"] == "gap")
+    assert gap["accuracy"] == pytest.approx(0.5 + (train_acc - test_acc) / 2, abs=1e-9)
+    assert report["train_accuracy"] == pytest.approx(train_acc, abs=1e-9)
+
+    markdown = (out / "report.md").read_text()
+    assert "saved" in markdown and "](roc.png)" in markdown and "](signals.png)" in markdown
+    assert "upper bound" in markdown and "| attack | threshold |" in markdown
+    for png in ("roc.png", "signals.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert "TPR@1%FPR" in output and "upper bounds" in output and "gap" in output
+
+
+def test_audit_with_shadows_runs_calibrated_attacks_and_lira(trained, tmp_path):
+    out = tmp_path / "shadowed"
+    result = run(["audit", trained / "saved", *data_args(trained), "--shadows", "4", "--shadow-epochs", "5",
+                  "--shadow-model", "mlp", "--attacks", "loss,lira_online,top3", "--out", out])
+    assert result.exit_code == 0, result.output
+    report = load_report(out)["report"]
+    rows = [(r["attack"], r["threshold_source"]) for r in report["results"]]
+    assert ("loss", "shadow") in rows and ("loss", "oracle") in rows
+    assert any(a.startswith("LiRA online") for a, _ in rows)
+    assert any(a.startswith("top3") and source == "shadow" for a, source in rows)
+    assert report["num_shadows"] == 4 and 0 < report["shadow_train_accuracy"] <= 1
+    assert "training   4 mlp shadows" in result.output and "LiRA online" in result.output
+
+
+def test_audit_of_a_tfmi_model_directory_uses_its_split(tmp_path):
+    model_dir = tmp_path / "m"
+    trained = run(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--target-size", "200",
+                   "--out", model_dir])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "a"
+    result = run(["audit", model_dir, "--attacks", "gap,loss", "--out", out])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((model_dir / "tfmi.json").read_text())
+    report = load_report(out)["report"]
+    assert report["num_members"] == 200
+    assert report["train_accuracy"] == pytest.approx(sidecar["metrics"]["train_accuracy"], abs=1e-9)
+    assert report["test_accuracy"] == pytest.approx(sidecar["metrics"]["test_accuracy"], abs=1e-9)
+
+
+def test_keras_files_audit_and_probabilities_match_logits(trained, saved_audit, tmp_path):
+    results = load_report(saved_audit[0])["report"]["results"]
+    logits = {(r["attack"], r["threshold_source"]): r for r in results}
+    for name, kind in (("model.keras", "logits"), ("probs.keras", "probabilities")):
+        out = tmp_path / name
+        result = run(["audit", trained / name, *data_args(trained), "--out", out])
+        assert result.exit_code == 0, result.output
+        saved = load_report(out)
+        assert saved["report"]["output_kind"] == kind and saved["meta"]["format"] == "keras"
+        for r in saved["report"]["results"]:
+            if r["attack"] in ("gap", "loss", "confidence"):
+                same = logits[(r["attack"], r["threshold_source"])]
+                assert r["auc"] == pytest.approx(same["auc"], abs=2e-3), r["attack"]
+
+
+@pytest.fixture
+def bad_inputs(trained, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "empty_dir").mkdir()
+    np.savez(tmp_path / "wide.npz", x=np.zeros((20, 65), np.float32), y=np.arange(20) % 10)
+    np.savez(tmp_path / "labels.npz", x=np.zeros((20, 64), np.float32), y=np.arange(20) % 12)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/notes.txt", "--members", "{m}", "--non-members", "{n}"], "is not a model"),
+        (["{tmp}/empty_dir", "--members", "{m}", "--non-members", "{n}"], "not a SavedModel"),
+        (["{saved}", "--members", "{m}", "--non-members", "{tmp}/wide.npz"], r"\(64,\).*\(65,\)"),
+        (["{saved}", "--members", "{m}", "--non-members", "{tmp}/labels.npz"],
+         "labels go up to 11 but the model outputs 10 scores"),
+        (["{saved}", "--members", "{m}", "--non-members", "{n}", "--attacks", "loss,nope"],
+         "unknown attack 'nope'"),
+        (["{saved}", "--members", "{m}", "--non-members", "{n}", "--attacks", "lira_online"],
+         "need shadow models"),
+        (["{saved}", "--members", "{m}"], "--members and --non-members go together"),
+        (["{saved}"], "give --members and --non-members files, or a model directory"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, bad_inputs, args, message):
+    out = bad_inputs / "out"
+    names = {"tmp": bad_inputs, "saved": trained / "saved", "m": trained / "members.npz",
+             "n": trained / "non_members.npz"}
+    result = run(["audit", *[a.format(**names) for a in args], "--out", out])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not out.exists()
+    assert not [p for p in bad_inputs.iterdir() if p.name.startswith(".out.")]
+
+
+def test_existing_output_is_refused_then_replaced_with_force(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["audit", trained / "saved", *data_args(trained), "--attacks", "gap", "--out", out]
+    refused = run(args)
+    assert refused.exit_code == 2 and refused.stderr.count("Error:") == 1
+    assert "already exists" in refused.stderr and (out / "keep.txt").exists()
+    replaced = run([*args, "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -1,0 +1,344 @@
+"""Run every attack on one target model: threshold attacks, learned shadow attacks and LiRA.
+
+`run_attacks` takes a target (Keras model, loaded SavedModel or callable), a `Dataset` and the
+indices of the records to evaluate (members and non-members), plus optionally a `ShadowSet`. Without
+shadows only the oracle threshold attacks and the gap attack run (upper bounds, clearly labelled).
+With shadows the realistic attacks run too:
+
+- threshold attacks with thresholds calibrated on the shadows' signals on their pool records (whose
+  shadow membership the attacker knows);
+- the Shokri per-class and Salem top-3 attack classifiers, trained on the shadows' outputs;
+- LiRA online (needs shadows trained on pools containing the evaluated records, so every record
+  has IN and OUT shadows: see `shadow_pool`) and offline (OUT shadows only).
+
+`shadow_pool(split, "online")` is the evaluated records themselves, members and non-members: each
+shadow trains on a random half, the same number of records as the target, which is the LiRA
+setting. ``"offline"`` is the split's disjoint shadow pool; online LiRA then cannot run.
+
+>>> from tfmi.data import load_dataset, membership_split
+>>> from tfmi.training import TrainConfig, train_target
+>>> data = load_dataset("digits")
+>>> split = membership_split(data.y, target_size=150, seed=0)
+>>> target = train_target(data, split, TrainConfig("mlp", epochs=3), verbose=0)
+>>> report = run_attacks(target.model, data, split.members, split.non_members, attacks=["gap", "loss"])
+>>> [f"{r.attack} ({r.threshold_source})" for r in report.results]
+['gap (none)', 'loss (oracle)']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfmi.attacks.lira import LiRA
+from tfmi.attacks.metrics import AttackResult
+from tfmi.attacks.shadow import ShadowSet
+from tfmi.attacks.signals import ModelOutputs, Signals, compute_signals, model_outputs
+from tfmi.attacks.threshold import THRESHOLD_ATTACKS, ThresholdAttack
+from tfmi.data.dataset import Dataset
+from tfmi.data.splits import MembershipSplit
+from tfmi.errors import TfmiError
+from tfmi.training import PREDICT_BATCH_SIZE
+
+THRESHOLD_ATTACK_NAMES = tuple(THRESHOLD_ATTACKS)
+LEARNED_ATTACK_NAMES = ("shokri", "top3")
+LIRA_ATTACK_NAMES = ("lira_online", "lira_offline")
+#: every attack `run_attacks` knows, in report order
+ATTACK_NAMES = (*THRESHOLD_ATTACK_NAMES, *LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES)
+#: attacks that cannot run without shadow models
+SHADOW_ONLY_ATTACKS = (*LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES)
+#: below this many shadows LiRA uses one global variance (Carlini et al. 2022 recommend it for few)
+FIXED_VARIANCE_BELOW = 64
+ATTACK_GROUPS = {
+    "all": ATTACK_NAMES,
+    "threshold": THRESHOLD_ATTACK_NAMES,
+    "learned": LEARNED_ATTACK_NAMES,
+    "lira": LIRA_ATTACK_NAMES,
+}
+SHADOW_POOL_MODES = ("online", "offline")
+
+
+def parse_attacks(spec: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Attack names from a comma list or sequence; groups ``all``, ``threshold``, ``learned``, ``lira``.
+
+    >>> parse_attacks("loss,lira")
+    ('loss', 'lira_online', 'lira_offline')
+    >>> parse_attacks(None) == ATTACK_NAMES
+    True
+    """
+    if spec is None:
+        return ATTACK_NAMES
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    chosen: list[str] = []
+    for item in filter(None, items):
+        names = ATTACK_GROUPS.get(item, (item,))
+        for name in names:
+            if name not in ATTACK_NAMES:
+                raise TfmiError(
+                    f"unknown attack {name!r}: use {', '.join(ATTACK_NAMES)} or a group "
+                    f"({', '.join(ATTACK_GROUPS)})"
+                )
+            if name not in chosen:
+                chosen.append(name)
+    if not chosen:
+        raise TfmiError(f"no attack given: use a comma list of {', '.join(ATTACK_NAMES)}, or 'all'")
+    return tuple(sorted(chosen, key=ATTACK_NAMES.index))
+
+
+def shadow_pool(split: MembershipSplit, mode: str = "online") -> np.ndarray:
+    """The records shadows train on: ``"online"`` members and non-members; ``"offline"`` the disjoint
+    shadow pool (online LiRA cannot run then)."""
+    if mode == "online":
+        return np.sort(np.concatenate([split.members, split.non_members]))
+    if mode == "offline":
+        if len(split.shadow_pool) < 2:
+            raise TfmiError(
+                f"the split's shadow pool has {len(split.shadow_pool)} records: offline shadows need a "
+                "pool (use a smaller --target-size) or use online shadows"
+            )
+        return np.asarray(split.shadow_pool)
+    raise TfmiError(f"unknown shadow pool mode {mode!r}: use {' or '.join(SHADOW_POOL_MODES)}")
+
+
+@dataclass
+class AttackReport:
+    """Every attack's `AttackResult` on one target, with the target's accuracy and the shadow setup."""
+
+    results: list[AttackResult]
+    num_members: int
+    num_non_members: int
+    train_accuracy: float
+    test_accuracy: float
+    output_kind: str
+    num_shadows: int = 0
+    shadow_train_accuracy: float | None = None
+    shadow_test_accuracy: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def generalization_gap(self) -> float:
+        return self.train_accuracy - self.test_accuracy
+
+    def result(self, attack: str, threshold_source: str | None = None) -> AttackResult:
+        """The result named ``attack`` (and from ``threshold_source``, when given)."""
+        for r in self.results:
+            if r.attack == attack and threshold_source in (None, r.threshold_source):
+                return r
+        raise TfmiError(f"no result for attack {attack!r} in this report")
+
+    def best(self, include_oracle: bool = False) -> AttackResult:
+        """The result with the highest membership advantage (realistic attacks unless ``include_oracle``)."""
+        pool = [r for r in self.results if include_oracle or r.threshold_source != "oracle"]
+        if not pool:
+            raise TfmiError("the report has no attack results")
+        return max(pool, key=lambda r: r.advantage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": [r.to_dict() for r in self.results],
+            "num_members": self.num_members,
+            "num_non_members": self.num_non_members,
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "generalization_gap": self.generalization_gap,
+            "output_kind": self.output_kind,
+            "num_shadows": self.num_shadows,
+            "shadow_train_accuracy": self.shadow_train_accuracy,
+            "shadow_test_accuracy": self.shadow_test_accuracy,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AttackReport:
+        try:
+            return cls(
+                results=[AttackResult.from_dict(r) for r in d["results"]],
+                num_members=int(d["num_members"]),
+                num_non_members=int(d["num_non_members"]),
+                train_accuracy=float(d["train_accuracy"]),
+                test_accuracy=float(d["test_accuracy"]),
+                output_kind=str(d["output_kind"]),
+                num_shadows=int(d.get("num_shadows", 0)),
+                shadow_train_accuracy=d.get("shadow_train_accuracy"),
+                shadow_test_accuracy=d.get("shadow_test_accuracy"),
+                notes=list(d.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise TfmiError(f"not a saved attack report ({type(e).__name__}: {e})") from None
+
+
+def _check_indices(indices: Any, n: int, what: str) -> np.ndarray:
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or len(indices) == 0:
+        raise TfmiError(f"{what} must be a non-empty 1-D array of record indices, got shape {indices.shape}")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise TfmiError(f"{what} must be integer record indices, got dtype {indices.dtype}")
+    if indices.min() < 0 or indices.max() >= n:
+        raise TfmiError(f"{what} index records outside the dataset's {n}: they were drawn for other data")
+    return indices.astype(np.int64)
+
+
+def flip_horizontally(x: np.ndarray) -> np.ndarray:
+    """Mirror images ``(n, height, width, channels)`` left to right (LiRA's second query)."""
+    if x.ndim != 4:
+        raise TfmiError(f"flip augmentation needs images (n, height, width, channels), got shape {x.shape}")
+    return np.ascontiguousarray(x[:, :, ::-1, :])
+
+
+def _shadow_outputs(shadows: ShadowSet, x: np.ndarray, queries: Sequence[Callable], batch_size: int) -> list:
+    return [shadows.logits(q(x), batch_size) for q in queries]
+
+
+def _flat_signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
+    """Signals of (K, n, C) shadow logits against labels (n,), flattened shadow-major to (K * n,)."""
+    k, n, c = logits.shape
+    return compute_signals(logits.reshape(k * n, c), np.tile(labels, k), kind="logits")
+
+
+def run_attacks(
+    target: Any,
+    data: Dataset,
+    members: Any,
+    non_members: Any,
+    *,
+    attacks: str | Iterable[str] | None = None,
+    shadows: ShadowSet | None = None,
+    outputs: str = "auto",
+    oracle: bool = True,
+    per_class: bool = False,
+    learned_classifier: str = "mlp",
+    lira_fixed_variance: bool | None = None,
+    flip: bool = False,
+    bootstrap: int = 0,
+    seed: int = 0,
+    batch_size: int = PREDICT_BATCH_SIZE,
+) -> AttackReport:
+    """Attack ``target`` on ``data`` records ``members`` (trained on) and ``non_members`` (not).
+
+    Args:
+        attacks: names or groups (`parse_attacks`); default all. Shadow-only attacks are skipped,
+            with a note, when no shadows are given, unless named explicitly (then an error).
+        shadows: a `ShadowSet` trained on ``data`` records (`train_shadows`); evaluated records in
+            its pool get IN/OUT statistics, others count as OUT for every shadow.
+        outputs: ``"auto"``, ``"logits"`` or ``"probabilities"``: what the target returns.
+        oracle: also report each threshold attack with the oracle threshold (an upper bound).
+        per_class: calibrate threshold attacks per class instead of globally.
+        learned_classifier: ``"mlp"`` or ``"logistic"`` for the Shokri and top-3 attacks.
+        lira_fixed_variance: None picks a global variance below `FIXED_VARIANCE_BELOW` shadows.
+        flip: add horizontally flipped images as a second LiRA query.
+        bootstrap: resamples for confidence intervals (0: none).
+    """
+    requested = parse_attacks(attacks)
+    explicit = attacks is not None and not (isinstance(attacks, str) and attacks.strip() == "all")
+    members = _check_indices(members, len(data), "members")
+    non_members = _check_indices(non_members, len(data), "non-members")
+    if np.intersect1d(members, non_members).size:
+        raise TfmiError("members and non-members share records: a record is either trained on or not")
+    notes: list[str] = []
+    if shadows is None:
+        missing = [a for a in requested if a in SHADOW_ONLY_ATTACKS]
+        if missing and explicit:
+            raise TfmiError(f"{', '.join(missing)} need shadow models: train them (--shadows K) first")
+        if missing:
+            notes.append(f"skipped {', '.join(missing)}: they need shadow models")
+        requested = tuple(a for a in requested if a not in SHADOW_ONLY_ATTACKS)
+    queries: list[Callable] = [lambda x: x]
+    if flip:
+        flip_horizontally(data.x[:1])  # fails early for non-images
+        queries.append(flip_horizontally)
+
+    evaluated = np.concatenate([members, non_members])
+    is_member = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
+    x_eval, y_eval = data.x[evaluated], np.asarray(data.y[evaluated])
+    target_out = [model_outputs(target, q(x_eval), outputs=outputs, batch_size=batch_size) for q in queries]
+    if target_out[0].num_classes != data.num_classes:
+        raise TfmiError(
+            f"the model outputs {target_out[0].num_classes} scores per example but the data has "
+            f"{data.num_classes} classes: audit it on data labelled for this model"
+        )
+    signals = compute_signals(target_out[0], y_eval)
+    sig_m, sig_n = _split_signals(signals, is_member)
+    correct = signals.correct
+    report = AttackReport(
+        results=[], num_members=len(members), num_non_members=len(non_members),
+        train_accuracy=float(correct[is_member].mean()), test_accuracy=float(correct[~is_member].mean()),
+        output_kind=target_out[0].kind, notes=notes,
+    )
+    y_m, y_n = y_eval[is_member], y_eval[~is_member]
+    eval_kwargs = {"bootstrap": bootstrap, "seed": seed}
+
+    shadow_logits = shadow_labels = shadow_in = None
+    if shadows is not None:
+        report.num_shadows = shadows.num_shadows
+        report.shadow_train_accuracy = float(np.nanmean(shadows.train_accuracy))
+        report.shadow_test_accuracy = float(np.nanmean(shadows.test_accuracy))
+        pool_x, shadow_labels = data.x[shadows.pool], np.asarray(data.y[shadows.pool])
+        shadow_logits = shadows.logits(pool_x, batch_size)
+        shadow_in = shadows.masks.ravel()
+
+    for name in requested:
+        if name in THRESHOLD_ATTACK_NAMES:
+            attack = ThresholdAttack(name, per_class=per_class and name != "gap")
+            if name == "gap" or shadows is None:
+                if name == "gap":
+                    report.results.append(attack.fit_on_membership(sig_m, sig_n).evaluate(sig_m, sig_n))
+            else:
+                fitted = attack.fit(_flat_signals(shadow_logits, shadow_labels),
+                                    np.tile(shadow_labels, shadows.num_shadows), shadow_in)
+                report.results.append(fitted.evaluate(sig_m, sig_n, y_m, y_n, **eval_kwargs))
+            if oracle and name != "gap":
+                report.results.append(ThresholdAttack(name).evaluate_oracle(sig_m, sig_n, **eval_kwargs))
+        elif name in LEARNED_ATTACK_NAMES:
+            from tfmi.attacks.learned import ShokriAttack, Top3Attack
+
+            cls = ShokriAttack if name == "shokri" else Top3Attack
+            k, n, c = shadow_logits.shape
+            learned = cls(classifier=learned_classifier, seed=seed).fit(
+                ModelOutputs(shadow_logits.reshape(k * n, c), "logits"),
+                np.tile(shadow_labels, k), shadow_in)
+            values = target_out[0]
+            report.results.append(learned.evaluate(
+                ModelOutputs(values.values[is_member], values.kind),
+                ModelOutputs(values.values[~is_member], values.kind), y_m, y_n, **eval_kwargs))
+        else:
+            result = _lira(name, shadows, data, evaluated, y_eval, is_member, target_out, queries,
+                           lira_fixed_variance, batch_size, eval_kwargs, notes, explicit)
+            if result is not None:
+                report.results.append(result)
+    return report
+
+
+def _split_signals(signals: Signals, is_member: np.ndarray) -> tuple[Signals, Signals]:
+    d = signals.as_dict()
+    return (Signals(**{k: v[is_member] for k, v in d.items()}),
+            Signals(**{k: v[~is_member] for k, v in d.items()}))
+
+
+def _lira(name, shadows, data, evaluated, y_eval, is_member, target_out, queries, fixed_variance,
+          batch_size, eval_kwargs, notes, explicit) -> AttackResult | None:
+    online = name == "lira_online"
+    # IN mask of every evaluated record: its pool column where it is in the pool, else OUT everywhere
+    position = {int(r): i for i, r in enumerate(shadows.pool)}
+    in_mask = np.zeros((shadows.num_shadows, len(evaluated)), bool)
+    for j, r in enumerate(evaluated):
+        i = position.get(int(r))
+        if i is not None:
+            in_mask[:, j] = shadows.masks[:, i]
+    if fixed_variance is None:
+        fixed_variance = shadows.num_shadows < FIXED_VARIANCE_BELOW
+    if online and not in_mask.any():
+        message = ("LiRA online needs shadows trained on pools that contain the evaluated records "
+                   "(online shadow pool)")
+        if explicit:
+            raise TfmiError(message + ": train the shadows on the members and non-members")
+        notes.append(f"skipped lira_online: {message}")
+        return None
+    shadow_phi = np.stack(
+        [_flat_signals(q_logits, y_eval).logit_confidence.reshape(shadows.num_shadows, -1)
+         for q_logits in _shadow_outputs(shadows, data.x[evaluated], queries, batch_size)], axis=-1)
+    target_phi = np.stack([compute_signals(out, y_eval).logit_confidence for out in target_out], axis=-1)
+    lira = LiRA(online=online, fixed_variance=fixed_variance).fit(shadow_phi, in_mask)
+    return lira.evaluate(target_phi, is_member, **eval_kwargs)
