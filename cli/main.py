@@ -37,11 +37,13 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from cli.audit_command import audit
     from cli.datasets_command import datasets
     from cli.train_command import train
 
     cli.add_command(train)
     cli.add_command(datasets)
+    cli.add_command(audit)
 
 
 _register()
