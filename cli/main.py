@@ -38,12 +38,14 @@ def cli() -> None:
 
 def _register() -> None:
     from cli.audit_command import audit
+    from cli.benchmark_command import benchmark
     from cli.datasets_command import datasets
     from cli.train_command import train
 
     cli.add_command(train)
     cli.add_command(datasets)
     cli.add_command(audit)
+    cli.add_command(benchmark)
 
 
 _register()

@@ -46,27 +46,37 @@ DEFENSE_OPTIONS = [
 ]
 
 
+def defense_parameter_options(command):
+    """Add every defense parameter option (not `--defense`) to a click command."""
+    for flag, field, kind, help_text in reversed(DEFENSE_OPTIONS):
+        extra = {"multiple": True} if field == "mmd_bandwidths" else {}
+        command = _defense_option(flag, field, kind, help_text, **extra)(command)
+    return command
+
+
 def defense_options(command):
     """Add `--defense` and every defense parameter to a click command."""
     from tfmi.defenses.config import DEFENSE_NAMES
 
-    for flag, field, kind, help_text in reversed(DEFENSE_OPTIONS):
-        extra = {"multiple": True} if field == "mmd_bandwidths" else {}
-        command = _defense_option(flag, field, kind, help_text, **extra)(command)
     return click.option(
         "--defense", default="none", show_default=True,
         help=f"Training-time defense: {', '.join(DEFENSE_NAMES)}.",
-    )(command)
+    )(defense_parameter_options(command))
 
 
-def defense_from_options(name: str, values: dict):
-    """A DefenseConfig from the CLI values that were set (empty multiple options count as unset)."""
-    from tfmi.defenses.config import DefenseConfig
-
+def defense_parameters(values: dict) -> dict:
+    """Pop the defense parameters the user set from the CLI values (empty multiple options are unset)."""
     chosen = {}
     for _, field, _, _ in DEFENSE_OPTIONS:
         value = values.pop(field, None)
         if value is None or value == ():
             continue
         chosen[field] = tuple(value) if field == "mmd_bandwidths" else value
-    return DefenseConfig(name, **chosen)
+    return chosen
+
+
+def defense_from_options(name: str, values: dict):
+    """A DefenseConfig from the CLI values that were set."""
+    from tfmi.defenses.config import DefenseConfig
+
+    return DefenseConfig(name, **defense_parameters(values))

@@ -1,0 +1,218 @@
+"""``tfmi benchmark``: every defense against every attack, over seeds, resumable cell by cell."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from cli.options import data_dir_option, defense_parameter_options, defense_parameters
+
+DEFAULT_DEFENSES = "none,mmd-mixup,dp-sgd"
+DEFAULT_OUT = Path("tfmi-benchmarks")
+
+
+@click.command()
+@click.option("--dataset", default="digits", show_default=True,
+              help="Dataset name (see `tfmi datasets`) or path to a .npz/.csv file.")
+@data_dir_option
+@click.option("--model", "model_name", default=None,
+              help="mlp, cnn, alexnet or resnet20 [default: the dataset's usual model].")
+@click.option("--defenses", default=DEFAULT_DEFENSES, show_default=True,
+              help="Comma list of defenses (see `tfmi train --help`); their parameters are the "
+                   "options below.")
+@click.option("--attacks", default="all", show_default=True,
+              help="Comma list of attacks or groups: all, threshold, learned, lira, or names such as "
+                   "loss,lira_online.")
+@click.option("--shadows", "num_shadows", type=int, default=8, show_default=True,
+              help="Shadow models per cell, trained like the target (0: oracle threshold attacks only).")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Seeds 0..N-1; each draws its own split and initialization.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--target-size", type=int, default=None,
+              help="Members (and as many non-members) [default: per dataset].")
+@click.option("--reference-size", type=int, default=None,
+              help="Held-out reference records for MMD [default: min(target size, half the rest)].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help=f"Output directory [default: {DEFAULT_OUT}/<dataset>-<model>]. Finished cells are "
+                   "cached there: re-running the same command continues where it stopped.")
+@click.option("--force", is_flag=True, help="Discard results of a different benchmark in --out.")
+@defense_parameter_options
+def benchmark(dataset, data_dir, model_name, defenses, attacks, num_shadows, seeds, epochs, batch_size,
+              learning_rate, target_size, reference_size, out, force, **defense_values) -> None:
+    """Compare defenses against membership-inference attacks: one row per defense.
+
+    For each defense and seed: train the target on the split's members, train the shadow models the
+    same way on random halves of the members and non-members, run the attacks, and cache the cell.
+    Prints the table and writes results.json, results.md, privacy_utility.png and one ROC plot per
+    defense into --out. With no options it runs the embedded digits data in a few minutes.
+    """
+    from tfmi.attacks.suite import parse_attacks
+    from tfmi.benchmark import BenchmarkSpec, CellStore, data_fingerprint
+    from tfmi.data import load_dataset
+    from tfmi.defenses.config import DefenseConfig
+    from tfmi.errors import TfmiError
+    from tfmi.models import check_model_name
+    from tfmi.training import TrainConfig
+
+    if seeds < 1:
+        raise TfmiError(f"--seeds must be at least 1, got {seeds}")
+    parameters = defense_parameters(defense_values)
+    defense_configs = tuple(DefenseConfig(name.strip(), **parameters)
+                            for name in defenses.split(",") if name.strip())
+    chosen_attacks = parse_attacks(attacks)
+    data = load_dataset(dataset, data_dir)
+    model_name = check_model_name(model_name or data.default_model)
+    spec = BenchmarkSpec(
+        dataset=data.name, data_fingerprint=data_fingerprint(data),
+        train=TrainConfig(model_name, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+        defenses=defense_configs, seeds=tuple(range(seeds)), attacks=chosen_attacks,
+        num_shadows=num_shadows, target_size=target_size or data.default_target_size,
+        reference_size=reference_size,
+    )
+    if 2 * spec.target_size > len(data):
+        raise TfmiError(f"target size {spec.target_size} needs {2 * spec.target_size} records but "
+                        f"{data.name} has {len(data)}: use --target-size {len(data) // 2} or less")
+    out = out or DEFAULT_OUT / f"{data.name}-{model_name}"
+    store = CellStore(out)
+    store.open(spec, force=force)
+
+    cells = spec.cells()
+    records = {c.key(): store.load(c) for c in cells}
+    todo = [c for c in cells if records[c.key()] is None]
+    names = ", ".join(d.name for d in defense_configs)
+    click.echo(f"benchmark {data.name} ({len(data)} records), {model_name}, {epochs} epochs; defenses "
+               f"{names}; {seeds} seed(s); {num_shadows} shadows per cell")
+    click.echo(f"cells     {len(cells)} ({len(cells) - len(todo)} cached in {out}, {len(todo)} to run)")
+    if todo:
+        _run_cells(data, todo, store, records, num_shadows)
+    _finish(spec, [records[c.key()] for c in cells], out)
+
+
+def _run_cells(data, todo, store, records, num_shadows) -> None:
+    import tensorflow as tf
+
+    from tfmi.benchmark import run_cell
+
+    tf.config.experimental.enable_op_determinism()
+    units_per_cell = num_shadows + 1
+    finished = 0
+    try:
+        with click.progressbar(length=len(todo) * units_per_cell, label="training and attacking",
+                               file=sys.stderr, show_pos=True,
+                               item_show_func=lambda c: c and f"{c.defense.name} seed {c.seed}") as bar:
+            for cell in todo:
+                bar.update(0, cell)
+                done_shadows = [0]
+
+                def shadow_progress(done, bar=bar, done_shadows=done_shadows):
+                    bar.update(done - done_shadows[0])
+                    done_shadows[0] = done
+
+                record = run_cell(data, cell, shadow_progress=shadow_progress)
+                store.save(cell, record)
+                records[cell.key()] = record
+                finished += 1
+                bar.update(units_per_cell - done_shadows[0])
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {finished} more cell(s) saved in {store.out}; run the same command "
+                   "again to continue", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+def _finish(spec, records, out: Path) -> None:
+    from tfmi.attacks.suite import AttackReport
+    from tfmi.benchmark import (
+        ATTACK_HEADERS,
+        SUMMARY_HEADERS,
+        attack_table_rows,
+        summarize,
+        summary_table_rows,
+    )
+    from tfmi.environment import library_versions
+    from tfmi.plots import PrivacyUtilityPoint, plot_privacy_utility, plot_roc
+    from tfmi.report import format_table, markdown_table, write_text_atomic
+
+    rows = summarize(records)
+    summary = summary_table_rows(rows)
+    click.echo("")
+    click.echo(format_table(SUMMARY_HEADERS, summary))
+
+    points = []
+    for row in rows:
+        best = row.best_attack()
+        if best is not None and row.test_accuracy.mean is not None:
+            points.append(PrivacyUtilityPoint(row.defense, best.advantage.mean, row.test_accuracy.mean,
+                                              best.advantage.spread, row.test_accuracy.spread))
+    plots = {}
+    if points:
+        plots["privacy_utility"] = plot_privacy_utility(
+            points, out / "privacy_utility.png",
+            title=f"{spec.dataset}: test accuracy vs best realistic attack").name
+    for row in rows:
+        first = next(r for r in records if r["defense"] == row.defense)
+        report = AttackReport.from_dict(first["report"])
+        results = [r for r in report.results if r.threshold_source != "oracle"]
+        if results:
+            plots[f"roc_{row.defense}"] = plot_roc(
+                results, out / f"roc_{row.defense}.png",
+                title=f"{spec.dataset}, {row.defense}, seed {first['seed']}").name
+
+    command = shlex.join(["tfmi", *sys.argv[1:]]) if Path(sys.argv[0]).name == "tfmi" else None
+    meta = {
+        "command": command,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "spec": spec.to_dict(),
+        "versions": library_versions(),
+        "seconds_per_cell": {r["key"]: round(r["seconds"], 1) for r in records},
+    }
+    results = {
+        "meta": meta,
+        "summary": [dict(zip(SUMMARY_HEADERS, r, strict=True)) for r in summary],
+        "attacks": [dict(zip(ATTACK_HEADERS, r, strict=True)) for r in attack_table_rows(rows)],
+        "cells": records,
+    }
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_table_rows(rows), plots,
+                                                    markdown_table))
+    click.echo(f"\nsaved     {out}/ (results.md, results.json, {', '.join(f'{p}' for p in plots.values())})")
+
+
+def _markdown(spec, meta, summary, attack_rows, plots, markdown_table) -> str:
+    from tfmi.benchmark import ATTACK_HEADERS, SUMMARY_HEADERS
+
+    train = spec.train
+    lines = [
+        f"# Membership-inference benchmark: {spec.dataset}",
+        "",
+        f"Command: `{meta['command']}`" if meta["command"] else "",
+        "",
+        f"Model {train.model}, {train.epochs} epochs, batch {train.batch_size}, {train.optimizer} lr "
+        f"{train.learning_rate:g}; {spec.target_size} members and as many non-members per seed; seeds "
+        f"{', '.join(map(str, spec.seeds))}; {spec.num_shadows} shadow models per cell, trained like the "
+        "target (same model, training and defense) on random halves of its members and non-members.",
+        "",
+        "Values are mean ± sample standard deviation over seeds. *Best attack* is the realistic attack "
+        "(thresholds calibrated on shadow models, learned attack models, or LiRA) with the highest "
+        "membership advantage (max TPR - FPR). Rows marked *(oracle)* choose their threshold on the "
+        "target's own membership labels: an upper bound, not an attack. TPR at a fixed FPR is *n/a* "
+        "when that FPR is below 1 / (number of non-members).",
+        "",
+        markdown_table(SUMMARY_HEADERS, summary),
+        "",
+    ]
+    if "privacy_utility" in plots:
+        lines += [f"![privacy/utility]({plots['privacy_utility']})", ""]
+    lines += ["## Every attack", "", markdown_table(ATTACK_HEADERS, attack_rows), ""]
+    for name, file in plots.items():
+        if name.startswith("roc_"):
+            lines += [f"![{name}]({file})", ""]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    lines += [f"Produced {meta['created']} with {versions}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""`tfmi benchmark`: cells cached by configuration, resumed after an interruption, summarized per defense."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tfmi.benchmark as benchmark_module
+from cli.main import cli
+from tfmi.benchmark import BenchmarkSpec, Stat, summarize
+from tfmi.defenses.config import DefenseConfig
+from tfmi.errors import TfmiError
+from tfmi.training import TrainConfig
+
+TINY = ["benchmark", "--model", "mlp", "--epochs", "3", "--target-size", "200", "--shadows", "2",
+        "--attacks", "gap,loss,lira_online", "--defenses", "none,l2"]
+
+
+def run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+class CountingRunCell:
+    """Wraps the real `run_cell`, counting calls; raises KeyboardInterrupt on call ``interrupt_at``."""
+
+    def __init__(self, real, interrupt_at=None):
+        self.real, self.interrupt_at, self.calls = real, interrupt_at, []
+
+    def __call__(self, data, cell, **kwargs):
+        self.calls.append((cell.defense.name, cell.seed))
+        if len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        return self.real(data, cell, **kwargs)
+
+
+def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    real = benchmark_module.run_cell
+    first = CountingRunCell(real, interrupt_at=2)
+    monkeypatch.setattr(benchmark_module, "run_cell", first)
+    result = run([*TINY, "--out", str(out)])
+    assert result.exit_code == 130
+    assert "run the same command again" in result.output
+    saved = sorted((out / "cells").glob("*.json"))
+    assert len(saved) == 1 and not (out / "results.md").exists()
+    finished = json.loads(saved[0].read_text())
+    assert finished["defense"] == "none"
+
+    second = CountingRunCell(real)
+    monkeypatch.setattr(benchmark_module, "run_cell", second)
+    result = run([*TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert second.calls == [("l2", 0)]  # only the unfinished cell ran
+    assert "1 cached" in result.output
+    results = json.loads((out / "results.json").read_text())
+    cells = {c["defense"]: c for c in results["cells"]}
+    assert cells["none"] == finished  # the cached record, untouched
+    for cell in cells.values():  # the gap attack is 0.5 + gap / 2 on the balanced evaluation set
+        gap_result = next(r for r in cell["report"]["results"] if r["attack"] == "gap")
+        assert gap_result["accuracy"] == pytest.approx(0.5 + cell["generalization_gap"] / 2, abs=1e-12)
+        assert any(r["attack"].startswith("LiRA online") for r in cell["report"]["results"])
+    for name in ("results.md", "privacy_utility.png", "roc_none.png", "roc_l2.png"):
+        assert (out / name).is_file()
+    assert "| none |" in (out / "results.md").read_text()
+    assert not list(out.glob("**/*.tmp*")) and not list(out.glob("**/.*"))
+
+    third = CountingRunCell(real)
+    monkeypatch.setattr(benchmark_module, "run_cell", third)
+    assert run([*TINY, "--out", str(out)]).exit_code == 0 and third.calls == []
+
+
+def test_a_different_configuration_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--model", "mlp", "--epochs", "1", "--target-size", "100", "--shadows", "0",
+            "--attacks", "threshold", "--defenses", "none", "--out", str(out)]
+    assert run(args).exit_code == 0
+    changed = [*args[:-2], "--epochs", "2", "--out", str(out)]
+    result = run(changed)
+    assert result.exit_code == 2
+    assert result.output.count("Error:") == 1 and "different benchmark" in result.output
+    assert "train" in result.output  # names what differs
+    assert run([*changed, "--force"]).exit_code == 0
+    assert json.loads((out / "benchmark.json").read_text())["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--defenses", "none,bogus"], "unknown defense 'bogus'"),
+    (["--attacks", "loss,nope"], "unknown attack 'nope'"),
+    (["--defenses", "none,none"], "listed twice"),
+    (["--shadows", "0", "--attacks", "lira"], "need at least 2 shadow models"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--target-size", "5000"], "needs 10000 records"),
+])
+def test_bad_benchmark_options_fail_cleanly(tmp_path, extra, message):
+    out = tmp_path / "bench"
+    result = run(["benchmark", "--epochs", "1", "--out", str(out), *extra])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.output
+    assert not out.exists()
+
+
+def spec(**changes):
+    base = {"dataset": "digits", "data_fingerprint": "f", "train": TrainConfig("mlp", epochs=2),
+            "defenses": (DefenseConfig("none"), DefenseConfig("mmd-mixup")), "seeds": (0, 1),
+            "attacks": ("gap", "loss"), "num_shadows": 0, "target_size": 200}
+    return BenchmarkSpec(**{**base, **changes})
+
+
+def test_cell_keys_follow_every_setting_but_not_the_other_cells():
+    key = spec().cells()[2].key()  # mmd-mixup, seed 0
+    assert spec(defenses=(DefenseConfig("mmd-mixup"),), seeds=(0,)).cells()[0].key() == key
+    for changed in (spec(train=TrainConfig("mlp", epochs=3)), spec(data_fingerprint="g"),
+                    spec(attacks=("gap",)), spec(target_size=201),
+                    spec(defenses=(DefenseConfig("none"), DefenseConfig("mmd-mixup", mmd_weight=2.0)))):
+        assert changed.cells()[2].key() != key
+    with pytest.raises(TfmiError, match="no defense"):
+        spec(defenses=())
+
+
+def record(defense, seed, train, test, auc, epsilon=None):
+    from tfmi.attacks.metrics import evaluate_scores
+    from tfmi.attacks.suite import AttackReport
+
+    rng = np.random.default_rng(seed)
+    result = evaluate_scores(rng.normal(auc, 1, 300), rng.normal(0, 1, 300), attack="loss",
+                             threshold=0.0, threshold_source="shadow")
+    report = AttackReport([result], 300, 300, train, test, "logits")
+    return {"defense": defense, "seed": seed, "train_accuracy": train, "test_accuracy": test,
+            "generalization_gap": train - test, "epsilon": epsilon, "delta": 1e-5 if epsilon else None,
+            "report": report.to_dict(), "result": result}
+
+
+def test_summaries_are_means_and_sample_spreads_over_seeds():
+    records = [record("none", 0, 1.0, 0.6, 1.0), record("none", 1, 0.9, 0.7, 1.2),
+               record("dp-sgd", 0, 0.5, 0.5, 0.1, epsilon=3.0)]
+    rows = summarize(records)
+    assert [r.defense for r in rows] == ["none", "dp-sgd"]
+    none = rows[0]
+    assert none.seeds == 2 and none.gap.mean == pytest.approx(0.3)
+    assert none.gap.spread == pytest.approx(np.std([0.4, 0.2], ddof=1))
+    advantages = [records[0]["result"].advantage, records[1]["result"].advantage]
+    assert none.attacks[0].advantage.mean == pytest.approx(np.mean(advantages))
+    assert rows[1].epsilon.mean == 3.0 and rows[1].epsilon.spread == 0.0
+    assert Stat.of([None, None]).format() is None
+    assert Stat(0.5, 0.0).format() == "0.500" and Stat(0.5, 0.01).format() == "0.500 ± 0.010"
