@@ -203,27 +203,14 @@ def _check_input_shape(loaded, shape: tuple[int, ...]) -> None:
 
 def _data_from_files(loaded, members: Path, non_members: Path, label_column: str):
     """One Dataset of members then non-members, labelled for the model's output width."""
-    from tfmi.data.dataset import check_features, check_labels, make_dataset
+    from tfmi.audit import combine_members
     from tfmi.data.files import load_file
 
     m = load_file(members, label_column=label_column)
     n = load_file(non_members, label_column=label_column)
-    if m.input_shape != n.input_shape:
-        raise TfmiError(f"members ({members}) have features of shape {m.input_shape} but non-members "
-                        f"({non_members}) have {n.input_shape}: both files must hold the same features")
-    x = check_features(np.concatenate([m.x, n.x]))
-    y = check_labels(np.concatenate([m.y, n.y]))
-    top = int(y.max())
-    width = loaded.num_outputs
-    if width is not None and top >= width:
-        raise TfmiError(f"labels go up to {top} but the model outputs {width} scores per example: "
-                        f"labels must be class indices 0..{width - 1} of this model")
-    num_classes = width if width is not None else top + 1
-    default_model = "mlp" if x.ndim == 2 else "cnn"
-    data = make_dataset(x, y, num_classes, name=f"{m.name}+{n.name}", source=f"{members} + {non_members}",
-                        default_model=default_model)
-    member_idx = np.arange(len(m), dtype=np.int64)
-    non_member_idx = np.arange(len(m), len(m) + len(n), dtype=np.int64)
+    data, member_idx, non_member_idx = combine_members(
+        (m.x, m.y), (n.x, n.y), loaded.num_outputs,
+        names=(f"members ({members})", f"non-members ({non_members})"))
     return data, member_idx, non_member_idx, f"{members} + {non_members}"
 
 
