@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tfmi train --dataset digits --force
+	$(BIN)/tfmi benchmark
 
 test: $(STAMP)
 	$(BIN)/ruff check tfmi cli tests
