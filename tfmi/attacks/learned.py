@@ -30,7 +30,7 @@ Each attack classifier is a `~sklearn.preprocessing.StandardScaler` followed by 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -102,7 +102,7 @@ class _LearnedAttack:
 
     # ------------------------------------------------------------------------------------------ public
 
-    def fit(self, outputs: ModelOutputs | np.ndarray, labels: np.ndarray, is_member: np.ndarray) -> Any:
+    def fit(self, outputs: ModelOutputs | np.ndarray, labels: np.ndarray, is_member: np.ndarray) -> Self:
         """Fit on shadow-model outputs ``(n, num_classes)``, their class labels and membership flags."""
         _check_classifier(self.classifier)
         values, kind = _outputs_and_kind(outputs)
@@ -200,12 +200,6 @@ class ShokriAttack(_LearnedAttack):
 
     _attack_name = "shokri"
 
-    def fit(
-        self, outputs: ModelOutputs | np.ndarray, labels: np.ndarray, is_member: np.ndarray
-    ) -> ShokriAttack:
-        """Fit on shadow-model outputs ``(n, num_classes)``, their labels and membership flags."""
-        return super().fit(outputs, labels, is_member)
-
     def _fit_features(self, log_p: np.ndarray, labels: np.ndarray, is_member: np.ndarray) -> None:
         self.class_models_: dict[int, Pipeline] = {}
         for cls in range(self.num_classes_):
@@ -240,12 +234,6 @@ class Top3Attack(_LearnedAttack):
     """
 
     _attack_name = "top3"
-
-    def fit(
-        self, outputs: ModelOutputs | np.ndarray, labels: np.ndarray, is_member: np.ndarray
-    ) -> Top3Attack:
-        """Fit on shadow-model outputs ``(n, num_classes)``, their labels and membership flags."""
-        return super().fit(outputs, labels, is_member)
 
     def _fit_features(self, log_p: np.ndarray, labels: np.ndarray, is_member: np.ndarray) -> None:
         self.model_ = self._train(_top_features(log_p), is_member)
