@@ -40,11 +40,13 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
                    "Shadows train on random halves of all audited records, members and non-members "
                    "(the online setting), so LiRA online can run.")
 @click.option("--shadow-model", default=None,
-              help="Zoo model for the shadows: mlp, cnn, alexnet or resnet20 "
-                   "[default: the dataset's usual model; mlp for flat features, cnn for images].")
-@click.option("--shadow-epochs", type=int, default=30, show_default=True)
-@click.option("--shadow-batch-size", type=int, default=64, show_default=True)
-@click.option("--shadow-lr", type=float, default=1e-3, show_default=True, help="Shadows' Adam learning rate.")
+              help="Zoo model for the shadows: mlp, cnn, alexnet or resnet20 [default: for a `tfmi "
+                   "train` directory its model, else mlp for flat features, cnn for images].")
+@click.option("--shadow-epochs", type=int, default=None,
+              help="[default: a `tfmi train` directory's epochs, else 30].")
+@click.option("--shadow-batch-size", type=int, default=None, help="[default: as recorded, else 64].")
+@click.option("--shadow-lr", type=float, default=None,
+              help="Shadows' learning rate [default: as recorded, else 1e-3].")
 @click.option("--per-class", is_flag=True, help="Calibrate threshold attacks per class.")
 @click.option("--learned-classifier", type=click.Choice(["mlp", "logistic"]), default="mlp",
               show_default=True, help="Attack classifier of the shokri and top3 attacks.")
@@ -91,18 +93,24 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     if members is not None:
         data, member_idx, non_member_idx, source = _data_from_files(
             loaded, members, non_members, label_column)
-        sidecar_outputs = None
+        sidecar_outputs, recorded = None, {}
     else:
-        data, member_idx, non_member_idx, source, sidecar_outputs = _data_from_model_dir(model, data_dir)
+        data, member_idx, non_member_idx, source, sidecar_outputs, recorded = _data_from_model_dir(
+            model, data_dir)
     _check_input_shape(loaded, data.input_shape)
     if outputs == "auto" and sidecar_outputs in ("logits", "probabilities"):
         outputs = sidecar_outputs
 
     shadow_config = None
     if num_shadows:
-        shadow_model = check_model_name(shadow_model or data.default_model)
-        shadow_config = TrainConfig(shadow_model, epochs=shadow_epochs, batch_size=shadow_batch_size,
-                                    learning_rate=shadow_lr, seed=seed)
+        # shadows are trained the way the target was, where its sidecar says how
+        shadow_model = check_model_name(shadow_model or recorded.get("model") or data.default_model)
+        shadow_epochs = shadow_epochs or recorded.get("epochs") or 30
+        shadow_config = TrainConfig(
+            shadow_model, epochs=shadow_epochs,
+            batch_size=shadow_batch_size or recorded.get("batch_size") or 64,
+            learning_rate=shadow_lr or recorded.get("learning_rate") or 1e-3,
+            optimizer=recorded.get("optimizer") or "adam", seed=seed)
 
     target = loaded.keras_model if loaded.keras_model is not None else loaded.predict
     from tfmi.attacks.signals import Signals, compute_signals, model_outputs
@@ -230,6 +238,9 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
         split_file = model / (sidecar.get("split") or {}).get("file", SPLIT_FILE)
         label_column = dataset.get("label_column") or options.get("label_column") or "label"
         outputs = (sidecar.get("model") or {}).get("outputs")
+        training = sidecar.get("training") or {}
+        recorded = {k: training.get(k)
+                    for k in ("model", "epochs", "batch_size", "learning_rate", "optimizer")}
     except (AttributeError, KeyError, TypeError):
         raise TfmiError(f"{model / SIDECAR_FILE} lacks the dataset record of `tfmi train`: "
                         f"{NO_DATA_MESSAGE}") from None
@@ -239,4 +250,4 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
         raise TfmiError(f"{model} was trained on {records} records of {name!r} but the dataset found now has "
                         f"{len(data)}: point --data-dir at the data it was trained on")
     split = MembershipSplit.load(split_file)
-    return data, split.members, split.non_members, f"{data.name} (split of {model.name})", outputs
+    return data, split.members, split.non_members, f"{data.name} (split of {model.name})", outputs, recorded

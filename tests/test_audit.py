@@ -142,6 +142,13 @@ def test_audit_of_a_tfmi_model_directory_uses_its_split(tmp_path):
     assert report["train_accuracy"] == pytest.approx(sidecar["metrics"]["train_accuracy"], abs=1e-9)
     assert report["test_accuracy"] == pytest.approx(sidecar["metrics"]["test_accuracy"], abs=1e-9)
 
+    # shadows are trained the way the sidecar says the target was: mlp, 2 epochs (not digits' cnn)
+    out = tmp_path / "with_shadows"
+    result = run(["audit", model_dir, "--attacks", "loss", "--shadows", "2", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "2 mlp shadows" in result.output and "(2 epochs)" in result.output
+    assert load_report(out)["meta"]["shadow_model"] == "mlp"
+
 
 def test_keras_files_audit_and_probabilities_match_logits(trained, saved_audit, tmp_path):
     results = load_report(saved_audit[0])["report"]["results"]
