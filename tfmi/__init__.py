@@ -17,9 +17,11 @@ from typing import Any
 from tfmi.errors import TfmiError
 
 __version__ = "0.1.0"
-__all__ = ["TfmiError", "__version__", "data", "models", "training", "artifacts"]
-
-_LAZY_SUBMODULES = {"data", "models", "training", "artifacts", "environment"}
+_LAZY_SUBMODULES = (
+    "data", "models", "training", "defenses", "attacks", "audit", "callbacks", "benchmark",
+    "model_loading", "report", "plots", "artifacts", "environment",
+)
+__all__ = ["TfmiError", "__version__", *_LAZY_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
