@@ -145,3 +145,35 @@ def test_summaries_are_means_and_sample_spreads_over_seeds():
     assert rows[1].epsilon.mean == 3.0 and rows[1].epsilon.spread == 0.0
     assert Stat.of([None, None]).format() is None
     assert Stat(0.5, 0.0).format() == "0.500" and Stat(0.5, 0.01).format() == "0.500 ± 0.010"
+
+
+def test_a_killed_benchmark_process_resumes_from_its_saved_cells(tmp_path):
+    """A real crash: SIGKILL the `tfmi` process once its first cell is on disk, then run it again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bench"
+    args = [sys.executable, "-c", "from cli.main import main; main()", *TINY[:-2],
+            "--defenses", "none,l2,dropout", "--out", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((out / "cells").glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    survivors = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert 1 <= len(survivors) < 3, "the kill should land while cells remain to run"
+    assert not (out / "results.md").exists()
+
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(survivors)} cached" in rerun.stdout
+    cells = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert len(cells) == 3 and all(cells[name] == data for name, data in survivors.items())
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no half-written temp files
+    table = (out / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in ("none", "l2", "dropout"))
