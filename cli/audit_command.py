@@ -47,6 +47,10 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
 @click.option("--shadow-batch-size", type=int, default=None, help="[default: as recorded, else 64].")
 @click.option("--shadow-lr", type=float, default=None,
               help="Shadows' learning rate [default: as recorded, else 1e-3].")
+@click.option("--shadow-defense", type=click.Choice(["recorded", "none"]), default="recorded",
+              show_default=True,
+              help="For a `tfmi train` directory: train the shadows with the target's recorded defense "
+                   "(recorded), as tfmi benchmark does, or undefended (none).")
 @click.option("--per-class", is_flag=True, help="Calibrate threshold attacks per class.")
 @click.option("--learned-classifier", type=click.Choice(["mlp", "logistic"]), default="mlp",
               show_default=True, help="Attack classifier of the shokri and top3 attacks.")
@@ -58,8 +62,8 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
               help="Output directory [default: audits/<model name>].")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks, num_shadows,
-          shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, per_class, learned_classifier,
-          bootstrap, flip, seed, out, force) -> None:
+          shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadow_defense, per_class,
+          learned_classifier, bootstrap, flip, seed, out, force) -> None:
     """Audit MODEL for membership leakage and write a report (report.json, report.md, roc.png, signals.png).
 
     MODEL is a SavedModel directory, a `tfmi train` model directory, or a .keras / .h5 file. The
@@ -111,6 +115,7 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
             batch_size=shadow_batch_size or recorded.get("batch_size") or 64,
             learning_rate=shadow_lr or recorded.get("learning_rate") or 1e-3,
             optimizer=recorded.get("optimizer") or "adam", seed=seed)
+    defense = recorded.get("defense") if shadow_defense == "recorded" else None
 
     target = loaded.keras_model if loaded.keras_model is not None else loaded.predict
     from tfmi.attacks.signals import Signals, compute_signals, model_outputs
@@ -131,9 +136,11 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     if shadow_config is not None:
         from tfmi.attacks.shadow import train_shadows
 
-        click.echo(f"training   {num_shadows} {shadow_config.model} shadows on random halves of "
-                   f"the {len(pool)} audited records ({shadow_epochs} epochs) ...")
-        shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed)
+        with_defense = f" with defense {defense.name}" if defense is not None else ""
+        click.echo(f"training   {num_shadows} {shadow_config.model} shadows{with_defense} on random "
+                   f"halves of the {len(pool)} audited records ({shadow_epochs} epochs) ...")
+        shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed,
+                                defense=defense)
 
     from tfmi.attacks.suite import run_attacks
 
@@ -161,6 +168,8 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
         "outputs": report.output_kind,
         "data": source,
         "shadow_model": shadow_config.model if shadow_config else None,
+        "shadow_defense": (defense.to_dict() if defense is not None else {"name": "none"})
+        if shadow_config else None,
         "shadow_pool": (f"all {len(pool)} audited records (online)" if shadow_config else None),
         "seed": seed,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()} | {"out": str(out)},
@@ -241,6 +250,7 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
         training = sidecar.get("training") or {}
         recorded = {k: training.get(k)
                     for k in ("model", "epochs", "batch_size", "learning_rate", "optimizer")}
+        recorded["defense"] = _recorded_defense(sidecar.get("defense"))
     except (AttributeError, KeyError, TypeError):
         raise TfmiError(f"{model / SIDECAR_FILE} lacks the dataset record of `tfmi train`: "
                         f"{NO_DATA_MESSAGE}") from None
@@ -251,3 +261,16 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
                         f"{len(data)}: point --data-dir at the data it was trained on")
     split = MembershipSplit.load(split_file)
     return data, split.members, split.non_members, f"{data.name} (split of {model.name})", outputs, recorded
+
+
+def _recorded_defense(record):
+    """The `DefenseConfig` a `tfmi train` sidecar records (None for no defense)."""
+    from dataclasses import fields
+
+    from tfmi.defenses.config import DefenseConfig
+
+    if not isinstance(record, dict) or record.get("name", "none") == "none":
+        return None
+    names = {f.name for f in fields(DefenseConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k in names}
+    return DefenseConfig(**values)

@@ -131,7 +131,7 @@ def test_audit_with_shadows_runs_calibrated_attacks_and_lira(trained, tmp_path):
 def test_audit_of_a_tfmi_model_directory_uses_its_split(tmp_path):
     model_dir = tmp_path / "m"
     trained = run(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--target-size", "200",
-                   "--out", model_dir])
+                   "--defense", "l2", "--l2", "1e-4", "--out", model_dir])
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "a"
     result = run(["audit", model_dir, "--attacks", "gap,loss", "--out", out])
@@ -142,12 +142,18 @@ def test_audit_of_a_tfmi_model_directory_uses_its_split(tmp_path):
     assert report["train_accuracy"] == pytest.approx(sidecar["metrics"]["train_accuracy"], abs=1e-9)
     assert report["test_accuracy"] == pytest.approx(sidecar["metrics"]["test_accuracy"], abs=1e-9)
 
-    # shadows are trained the way the sidecar says the target was: mlp, 2 epochs (not digits' cnn)
+    # shadows are trained the way the sidecar says the target was: mlp, 2 epochs (not digits' cnn), L2 1e-4
     out = tmp_path / "with_shadows"
     result = run(["audit", model_dir, "--attacks", "loss", "--shadows", "2", "--out", out])
     assert result.exit_code == 0, result.output
-    assert "2 mlp shadows" in result.output and "(2 epochs)" in result.output
-    assert load_report(out)["meta"]["shadow_model"] == "mlp"
+    assert "2 mlp shadows with defense l2" in result.output and "(2 epochs)" in result.output
+    meta = load_report(out)["meta"]
+    assert meta["shadow_model"] == "mlp" and meta["shadow_defense"] == {"name": "l2", "l2": 1e-4}
+    out = tmp_path / "undefended_shadows"
+    result = run(["audit", model_dir, "--attacks", "loss", "--shadows", "2", "--shadow-defense", "none",
+                  "--out", out])
+    assert result.exit_code == 0, result.output
+    assert load_report(out)["meta"]["shadow_defense"] == {"name": "none"}
 
 
 def test_keras_files_audit_and_probabilities_match_logits(trained, saved_audit, tmp_path):
@@ -215,3 +221,18 @@ def test_existing_output_is_refused_then_replaced_with_force(trained, tmp_path):
     assert replaced.exit_code == 0, replaced.output
     assert not (out / "keep.txt").exists() and (out / "report.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("config", [
+    {"name": "mmd-mixup", "mmd_weight": 20.0, "mmd_bandwidths": (0.5, 2.0), "mixup_alpha": 0.4},
+    {"name": "dp-sgd", "noise_multiplier": 0.7, "l2_norm_clip": 2.0},
+    {"name": "relaxloss", "relax_alpha": 0.5},
+])
+def test_recorded_defenses_rebuild_from_the_sidecar(config):
+    from cli.audit_command import _recorded_defense
+    from tfmi.defenses.config import DefenseConfig
+
+    defense = DefenseConfig(**config)
+    record = json.loads(json.dumps({**defense.to_dict(), "accounting": {"epsilon": 3.0}}))  # as stored
+    assert _recorded_defense(record) == defense
+    assert _recorded_defense({"name": "none"}) is None and _recorded_defense(None) is None
