@@ -118,7 +118,7 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     defense = recorded.get("defense") if shadow_defense == "recorded" else None
 
     target = loaded.keras_model if loaded.keras_model is not None else loaded.predict
-    from tfmi.attacks.signals import Signals, compute_signals, model_outputs
+    from tfmi.attacks.signals import compute_signals, model_outputs
 
     x_eval = data.x[np.concatenate([member_idx, non_member_idx])]
     y_eval = data.y[np.concatenate([member_idx, non_member_idx])]
@@ -181,8 +181,7 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     lines = audit_summary_lines(report, meta)
     table = format_table(ATTACK_COLUMNS, attack_rows(report))
     is_member = np.r_[np.ones(len(member_idx), bool), np.zeros(len(non_member_idx), bool)]
-    sig_m, sig_n = (Signals(**{k: v[side] for k, v in signals.as_dict().items()})
-                    for side in (is_member, ~is_member))
+    sig_m, sig_n = signals.select(is_member), signals.select(~is_member)
     plots = {"ROC curves": "roc.png", "Member vs non-member signals": "signals.png"}
     name = Path(loaded.path).name
 

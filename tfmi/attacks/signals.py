@@ -88,6 +88,15 @@ class Signals:
         """The signals by name, in `SIGNAL_NAMES` order."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def select(self, index: Any) -> Signals:
+        """The signals of the examples ``index`` picks (a boolean mask or integer indices).
+
+        >>> s = compute_signals(np.array([[2.0, 0.0], [0.0, 2.0]]), [0, 0])
+        >>> s.select(np.array([False, True])).correct.tolist()
+        [0.0]
+        """
+        return Signals(**{name: values[index] for name, values in self.as_dict().items()})
+
 
 def _check_kind(kind: str, allow_auto: bool = True) -> None:
     allowed = ("auto", *OUTPUT_KINDS) if allow_auto else OUTPUT_KINDS

@@ -27,7 +27,7 @@ setting. ``"offline"`` is the split's disjoint shadow pool; online LiRA then can
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,10 +188,6 @@ def flip_horizontally(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, :, ::-1, :])
 
 
-def _shadow_outputs(shadows: ShadowSet, x: np.ndarray, queries: Sequence[Callable], batch_size: int) -> list:
-    return [shadows.logits(q(x), batch_size) for q in queries]
-
-
 def _flat_signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
     """Signals of (K, n, C) shadow logits against labels (n,), flattened shadow-major to (K * n,)."""
     k, n, c = logits.shape
@@ -260,7 +256,7 @@ def run_attacks(
             f"{data.num_classes} classes: audit it on data labelled for this model"
         )
     signals = compute_signals(target_out[0], y_eval)
-    sig_m, sig_n = _split_signals(signals, is_member)
+    sig_m, sig_n = signals.select(is_member), signals.select(~is_member)
     correct = signals.correct
     report = AttackReport(
         results=[], num_members=len(members), num_non_members=len(non_members),
@@ -270,14 +266,20 @@ def run_attacks(
     y_m, y_n = y_eval[is_member], y_eval[~is_member]
     eval_kwargs = {"bootstrap": bootstrap, "seed": seed}
 
-    shadow_logits = shadow_labels = shadow_in = None
+    shadow_logits = shadow_labels = shadow_in = shadow_signals = lira_inputs = None
     if shadows is not None:
         report.num_shadows = shadows.num_shadows
         report.shadow_train_accuracy = float(np.nanmean(shadows.train_accuracy))
         report.shadow_test_accuracy = float(np.nanmean(shadows.test_accuracy))
-        pool_x, shadow_labels = data.x[shadows.pool], np.asarray(data.y[shadows.pool])
+        pool_x, pool_labels = data.x[shadows.pool], np.asarray(data.y[shadows.pool])
         shadow_logits = shadows.logits(pool_x, batch_size)
+        shadow_labels = np.tile(pool_labels, shadows.num_shadows)  # shadow-major, like the flat rows
         shadow_in = shadows.masks.ravel()
+        if any(a in THRESHOLD_ATTACK_NAMES and a != "gap" for a in requested):
+            shadow_signals = _flat_signals(shadow_logits, pool_labels)
+        if any(a in LIRA_ATTACK_NAMES for a in requested):
+            lira_inputs = _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out,
+                                           queries, batch_size)
 
     for name in requested:
         if name in THRESHOLD_ATTACK_NAMES:
@@ -286,8 +288,7 @@ def run_attacks(
                 if name == "gap":
                     report.results.append(attack.fit_on_membership(sig_m, sig_n).evaluate(sig_m, sig_n))
             else:
-                fitted = attack.fit(_flat_signals(shadow_logits, shadow_labels),
-                                    np.tile(shadow_labels, shadows.num_shadows), shadow_in)
+                fitted = attack.fit(shadow_signals, shadow_labels, shadow_in)
                 report.results.append(fitted.evaluate(sig_m, sig_n, y_m, y_n, **eval_kwargs))
             if oracle and name != "gap":
                 report.results.append(ThresholdAttack(name).evaluate_oracle(sig_m, sig_n, **eval_kwargs))
@@ -297,38 +298,47 @@ def run_attacks(
             cls = ShokriAttack if name == "shokri" else Top3Attack
             k, n, c = shadow_logits.shape
             learned = cls(classifier=learned_classifier, seed=seed).fit(
-                ModelOutputs(shadow_logits.reshape(k * n, c), "logits"),
-                np.tile(shadow_labels, k), shadow_in)
+                ModelOutputs(shadow_logits.reshape(k * n, c), "logits"), shadow_labels, shadow_in)
             values = target_out[0]
             report.results.append(learned.evaluate(
                 ModelOutputs(values.values[is_member], values.kind),
                 ModelOutputs(values.values[~is_member], values.kind), y_m, y_n, **eval_kwargs))
         else:
-            result = _lira(name, shadows, data, evaluated, y_eval, is_member, target_out, queries,
-                           lira_fixed_variance, batch_size, eval_kwargs, notes, explicit)
+            result = _lira(name, shadows.num_shadows, lira_inputs, is_member, lira_fixed_variance,
+                           eval_kwargs, notes, explicit)
             if result is not None:
                 report.results.append(result)
     return report
 
 
-def _split_signals(signals: Signals, is_member: np.ndarray) -> tuple[Signals, Signals]:
-    d = signals.as_dict()
-    return (Signals(**{k: v[is_member] for k, v in d.items()}),
-            Signals(**{k: v[~is_member] for k, v in d.items()}))
+def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out, queries, batch_size):
+    """LiRA's inputs, computed once for every variant: the (K, n) IN mask of the evaluated records
+    (their pool column where they are in the shadows' pool, else OUT everywhere), and the shadows'
+    and the target's ``phi`` per query, (K, n, Q) and (n, Q)."""
+    order = np.argsort(shadows.pool)
+    sorted_pool = shadows.pool[order]
+    at = np.minimum(np.searchsorted(sorted_pool, evaluated), len(sorted_pool) - 1)
+    in_pool = sorted_pool[at] == evaluated
+    position = order[at]
+    in_mask = shadows.masks[:, position] & in_pool[None, :]
+    x_eval = data.x[evaluated]
+    phis = []
+    for q in queries:
+        if q is queries[0] and in_pool.all():  # the plain query on pool records: logits already known
+            logits = shadow_logits[:, position]
+        else:
+            logits = shadows.logits(q(x_eval), batch_size)
+        phis.append(_flat_signals(logits, y_eval).logit_confidence.reshape(shadows.num_shadows, -1))
+    target_phi = np.stack([compute_signals(out, y_eval).logit_confidence for out in target_out], axis=-1)
+    return in_mask, np.stack(phis, axis=-1), target_phi
 
 
-def _lira(name, shadows, data, evaluated, y_eval, is_member, target_out, queries, fixed_variance,
-          batch_size, eval_kwargs, notes, explicit) -> AttackResult | None:
+def _lira(name, num_shadows, lira_inputs, is_member, fixed_variance, eval_kwargs, notes,
+          explicit) -> AttackResult | None:
     online = name == "lira_online"
-    # IN mask of every evaluated record: its pool column where it is in the pool, else OUT everywhere
-    position = {int(r): i for i, r in enumerate(shadows.pool)}
-    in_mask = np.zeros((shadows.num_shadows, len(evaluated)), bool)
-    for j, r in enumerate(evaluated):
-        i = position.get(int(r))
-        if i is not None:
-            in_mask[:, j] = shadows.masks[:, i]
+    in_mask, shadow_phi, target_phi = lira_inputs
     if fixed_variance is None:
-        fixed_variance = shadows.num_shadows < FIXED_VARIANCE_BELOW
+        fixed_variance = num_shadows < FIXED_VARIANCE_BELOW
     if online and not in_mask.any():
         message = ("LiRA online needs shadows trained on pools that contain the evaluated records "
                    "(online shadow pool)")
@@ -336,9 +346,5 @@ def _lira(name, shadows, data, evaluated, y_eval, is_member, target_out, queries
             raise TfmiError(message + ": train the shadows on the members and non-members")
         notes.append(f"skipped lira_online: {message}")
         return None
-    shadow_phi = np.stack(
-        [_flat_signals(q_logits, y_eval).logit_confidence.reshape(shadows.num_shadows, -1)
-         for q_logits in _shadow_outputs(shadows, data.x[evaluated], queries, batch_size)], axis=-1)
-    target_phi = np.stack([compute_signals(out, y_eval).logit_confidence for out in target_out], axis=-1)
     lira = LiRA(online=online, fixed_variance=fixed_variance).fit(shadow_phi, in_mask)
     return lira.evaluate(target_phi, is_member, **eval_kwargs)
