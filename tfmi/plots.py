@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tfmi.errors import TfmiError
+from tfmi.report import atomic_file
 
 if TYPE_CHECKING:  # Signals lives in a module that imports TensorFlow: keep this import cheap
     from matplotlib.figure import Figure
@@ -92,18 +92,8 @@ def _save_atomically(make_figure: Callable[[], Figure], path: str | os.PathLike)
     target = Path(path)
     fmt = _format_for(target)
     fig = make_figure()  # input errors surface here, before anything is written
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=DPI)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(target, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=DPI)
     return target
 
 

@@ -21,11 +21,12 @@ lira_online    n/a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from tfmi.errors import TfmiError
 
@@ -128,27 +129,39 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and `os.replace`.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` (parent folders created); it replaces ``path`` only when
+    the block completes, and is removed otherwise. ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``.
 
-    The destination is either untouched or the complete new text; parent folders are created.
+    >>> import tempfile
+    >>> with atomic_file(os.path.join(tempfile.mkdtemp(), "b.bin"), "wb") as handle:
+    ...     _ = handle.write(b"ok")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through `atomic_file`: the destination is either untouched or
+    the complete new text; parent folders are created.
 
     >>> import tempfile
     >>> out = write_text_atomic(os.path.join(tempfile.mkdtemp(), "sub", "t.txt"), "hello\\n")
     >>> out.name, out.read_text()
     ('t.txt', 'hello\\n')
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as handle:
+        handle.write(text)
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------------------- audits
