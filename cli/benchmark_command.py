@@ -137,10 +137,11 @@ def _finish(spec, records, out: Path) -> None:
     )
     from tfmi.environment import library_versions
     from tfmi.plots import PrivacyUtilityPoint, plot_privacy_utility, plot_roc
-    from tfmi.report import format_table, markdown_table, write_text_atomic
+    from tfmi.report import format_table, write_text_atomic
 
     rows = summarize(records)
     summary = summary_table_rows(rows)
+    attack_rows = attack_table_rows(rows)
     click.echo("")
     click.echo(format_table(SUMMARY_HEADERS, summary))
 
@@ -175,17 +176,17 @@ def _finish(spec, records, out: Path) -> None:
     results = {
         "meta": meta,
         "summary": [dict(zip(SUMMARY_HEADERS, r, strict=True)) for r in summary],
-        "attacks": [dict(zip(ATTACK_HEADERS, r, strict=True)) for r in attack_table_rows(rows)],
+        "attacks": [dict(zip(ATTACK_HEADERS, r, strict=True)) for r in attack_rows],
         "cells": records,
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
-    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_table_rows(rows), plots,
-                                                    markdown_table))
-    click.echo(f"\nsaved     {out}/ (results.md, results.json, {', '.join(f'{p}' for p in plots.values())})")
+    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, plots))
+    click.echo(f"\nsaved     {out}/ (results.md, results.json, {', '.join(plots.values())})")
 
 
-def _markdown(spec, meta, summary, attack_rows, plots, markdown_table) -> str:
+def _markdown(spec, meta, summary, attack_rows, plots) -> str:
     from tfmi.benchmark import ATTACK_HEADERS, SUMMARY_HEADERS
+    from tfmi.report import markdown_table
 
     train = spec.train
     lines = [
