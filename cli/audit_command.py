@@ -168,6 +168,7 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
         "outputs": report.output_kind,
         "data": source,
         "shadow_model": shadow_config.model if shadow_config else None,
+        "shadow_training": shadow_config.to_dict() if shadow_config else None,
         "shadow_defense": (defense.to_dict() if defense is not None else {"name": "none"})
         if shadow_config else None,
         "shadow_pool": (f"all {len(pool)} audited records (online)" if shadow_config else None),

@@ -236,3 +236,65 @@ def test_recorded_defenses_rebuild_from_the_sidecar(config):
     record = json.loads(json.dumps({**defense.to_dict(), "accounting": {"epsilon": 3.0}}))  # as stored
     assert _recorded_defense(record) == defense
     assert _recorded_defense({"name": "none"}) is None and _recorded_defense(None) is None
+
+
+def write_csv(npz, path, label_column):
+    data = np.load(npz)
+    header = ",".join([*(f"f{i}" for i in range(data["x"].shape[1])), label_column])
+    rows = np.column_stack([data["x"], data["y"]])
+    formats = ["%.6f"] * data["x"].shape[1] + ["%d"]  # digits features are multiples of 1/16: exact
+    np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt=formats)
+    return path
+
+
+def test_audit_options_take_effect(trained, saved_audit, tmp_path):
+    members = write_csv(trained / "members.npz", tmp_path / "m.csv", "target")
+    others = write_csv(trained / "non_members.npz", tmp_path / "n.csv", "target")
+    out = tmp_path / "opts"
+    result = run(["audit", trained / "model.keras", "--members", members, "--non-members", others,
+                  "--label-column", "target", "--outputs", "logits", "--attacks", "loss,top3",
+                  "--shadows", "2", "--shadow-model", "mlp", "--shadow-epochs", "2",
+                  "--shadow-batch-size", "16", "--shadow-lr", "0.01", "--seed", "5", "--per-class",
+                  "--learned-classifier", "logistic", "--bootstrap", "20", "--out", out])
+    assert result.exit_code == 0, result.output
+    saved = load_report(out)
+    results = {(r["attack"], r["threshold_source"]): r for r in saved["report"]["results"]}
+    assert set(results) == {("loss per class", "shadow"), ("loss", "oracle"), ("top3 (logistic)", "shadow")}
+    assert saved["report"]["output_kind"] == "logits" and saved["report"]["num_members"] == 300
+    for r in results.values():
+        assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+    assert saved["meta"]["shadow_training"] == {"model": "mlp", "epochs": 2, "batch_size": 16,
+                                                "learning_rate": 0.01, "seed": 5, "dropout": 0.0,
+                                                "optimizer": "adam"}
+    # the CSV copy of the data gives the same oracle loss AUC as the .npz audit of the same network
+    npz_loss = next(r for r in load_report(saved_audit[0])["report"]["results"]
+                    if r["attack"] == "loss" and r["threshold_source"] == "oracle")
+    assert results[("loss", "oracle")]["auc"] == pytest.approx(npz_loss["auc"], abs=1e-4)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--outputs", "probabilities"], "do not sum to 1"),
+    (["--flip"], "flip augmentation needs images"),
+])
+def test_audit_refuses_contradicting_options(trained, tmp_path, extra, message):
+    out = tmp_path / "bad"
+    result = run(["audit", trained / "saved", *data_args(trained), *extra, "--out", out])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("Error:") == 1 and not out.exists()
+
+
+def test_audit_signature_option_picks_among_several(trained, tmp_path):
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(trained / "model.keras", compile=False)
+    spec = tf.TensorSpec((None, 64), tf.float32, name="x")
+    logits = tf.function(lambda x: {"scores": model(x)}, input_signature=[spec])
+    probs = tf.function(lambda x: {"scores": tf.nn.softmax(model(x))}, input_signature=[spec])
+    path = tmp_path / "two"
+    tf.saved_model.save(model, str(path), signatures={"logits": logits, "probs": probs})
+    result = run(["audit", path, *data_args(trained), "--out", tmp_path / "a"])
+    assert result.exit_code == 2 and "--signature" in result.output and "probs" in result.output
+    result = run(["audit", path, *data_args(trained), "--signature", "probs", "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    saved = load_report(tmp_path / "b")
+    assert saved["meta"]["signature"] == "probs" and saved["report"]["output_kind"] == "probabilities"
