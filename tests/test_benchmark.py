@@ -177,3 +177,23 @@ def test_a_killed_benchmark_process_resumes_from_its_saved_cells(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no half-written temp files
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in ("none", "l2", "dropout"))
+
+
+def test_training_and_defense_options_reach_every_cell(tmp_path):
+    from tfmi.defenses.dp_sgd import dp_epsilon
+
+    out = tmp_path / "bench"
+    result = run(["benchmark", "--model", "mlp", "--epochs", "2", "--batch-size", "32", "--lr", "0.01",
+                  "--target-size", "100", "--reference-size", "50", "--shadows", "0",
+                  "--attacks", "threshold", "--defenses", "mmd-mixup,dp-sgd", "--mmd-weight", "2.0",
+                  "--noise-multiplier", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "benchmark.json").read_text())
+    assert manifest["train"]["batch_size"] == 32 and manifest["train"]["learning_rate"] == 0.01
+    assert manifest["reference_size"] == 50
+    defenses = {d["name"]: d for d in manifest["defenses"]}
+    assert defenses["mmd-mixup"]["mmd_weight"] == 2.0 and defenses["dp-sgd"]["noise_multiplier"] == 0.5
+    cells = {c["defense"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert cells["mmd-mixup"]["defense_record"]["mmd_weight"] == 2.0
+    dp = cells["dp-sgd"]  # the epsilon reported is the one this batch size, epoch count and noise spend
+    assert dp["epsilon"] == pytest.approx(dp_epsilon(100, 32, 2, 0.5, dp["delta"]), rel=1e-9)
