@@ -23,8 +23,8 @@ from tfmi.defenses.dp_sgd import (
     resolve_path,
 )
 from tfmi.errors import TfmiError
+from tfmi.inference import accuracy
 from tfmi.models import build_model
-from tfmi.training import accuracy
 
 layers = tf.keras.layers
 TRAIN_PATHS = ("fast", "dpmodel", "vectorized", "microbatched")

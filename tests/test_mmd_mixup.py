@@ -270,9 +270,9 @@ def test_export_writes_the_plain_inner_network(digits, tmp_path):
     "change, message",
     [
         ({"mmd_weight": -1.0}, "mmd_weight must be a number >= 0"),
-        ({"mixup_alpha": 0.0}, "mixup alpha must be a positive number"),
+        ({"mixup_alpha": 0.0}, "mixup_alpha must be a positive number"),
         ({"schedule": "cosine"}, "unknown MMD schedule 'cosine'"),
-        ({"bandwidths": (1.0, -2.0)}, "bandwidths must be positive"),
+        ({"bandwidths": (1.0, -2.0)}, "MMD bandwidth must be a positive number"),
         ({"estimator": "linear"}, "unknown MMD estimator"),
         ({"mmd_inputs": "noisy"}, "mmd_inputs must be 'clean' or 'mixed'"),
         ({"gap_threshold": 1.5}, r"gap_threshold must be in \[0, 1\)"),

@@ -75,7 +75,7 @@ def test_wrong_member_and_wrong_width_and_bad_labels(tmp_path):
     with pytest.raises(TfmiError, match="no member 'bangkok'"):
         load_dataset("location30", tmp_path)
     write_tgz(tmp_path / "dataset_location.tgz", {"bangkok": b'"1",0,1\n"2",1,0\n'})
-    with pytest.raises(TfmiError, match="2 features, location30 has 446"):
+    with pytest.raises(TfmiError, match="2 features per record but location30 has 446"):
         load_dataset("location30", tmp_path)
     features, labels = random_binary(5, 446, 5)
     labels[0] = 31

@@ -3,45 +3,22 @@ the CLI and the benchmarks share."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-import numpy as np
 import tensorflow as tf
 
 from tfmi.data.dataset import Dataset
 from tfmi.data.splits import MembershipSplit
-from tfmi.defenses.config import DefenseConfig
+from tfmi.defenses.config import DEFAULT_NOISE_MULTIPLIER, DefenseConfig
 from tfmi.errors import TfmiError
+from tfmi.inference import accuracy
 from tfmi.models import build_model
+from tfmi.training_config import TrainConfig, check_batch_size
 
-PREDICT_BATCH_SIZE = 1024
-DEFAULT_NOISE_MULTIPLIER = 1.0
+__all__ = [
+    "TrainConfig", "TrainedTarget", "TrainingPlan", "check_batch_size", "plan_training", "train_target",
+]
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one target-training run (recorded in the model's sidecar)."""
-
-    model: str
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    dropout: float = 0.0
-    optimizer: str = "adam"
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TfmiError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")
-        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise TfmiError(f"learning rate must be a positive number, got {self.learning_rate}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise TfmiError(f"unknown optimizer {self.optimizer!r}: use adam or sgd")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -58,27 +35,6 @@ class TrainedTarget:
     @property
     def generalization_gap(self) -> float:
         return self.train_accuracy - self.test_accuracy
-
-
-def accuracy(model, x: np.ndarray | tf.Tensor, y: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> float:
-    """Fraction of ``x`` whose arg-max output equals ``y`` (works on logits or probabilities).
-
-    ``model`` is anything callable on a batch: a Keras model or a SavedModel's serving function.
-    """
-    outputs = predict_in_batches(model, x, batch_size)
-    return float(np.mean(np.argmax(outputs, axis=1) == y))
-
-
-def predict_in_batches(model, x: np.ndarray | tf.Tensor, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
-    """Outputs of ``model`` on ``x`` (an array, tensor or variable), batch by batch in inference mode."""
-    chunks = []
-    for start in range(0, int(x.shape[0]), batch_size):
-        batch = tf.convert_to_tensor(x[start:start + batch_size])
-        out = model(batch, training=False) if isinstance(model, tf.keras.Model) else model(batch)
-        if isinstance(out, dict):  # SavedModel signatures return {name: tensor}
-            out = next(iter(out.values()))
-        chunks.append(np.asarray(out))
-    return np.concatenate(chunks)
 
 
 def _optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
@@ -197,12 +153,15 @@ def train_target(
     (True, 'l2')
     """
     defense = defense or DefenseConfig()
+    for value, kind, fix in ((data, Dataset, "tfmi.data.load_dataset or make_dataset"),
+                             (split, MembershipSplit, "tfmi.data.membership_split"),
+                             (config, TrainConfig, "TrainConfig(model_name, ...)"),
+                             (defense, DefenseConfig, "DefenseConfig(name, ...)")):
+        if not isinstance(value, kind):
+            raise TfmiError(f"expected a {kind.__name__}, got {type(value).__name__}: make one with {fix}")
     if len(split.members) == 0 or len(split.non_members) == 0:
         raise TfmiError("the split has no members or no non-members: increase the target size")
-    if max(split.members.max(), split.non_members.max()) >= len(data):
-        raise TfmiError(
-            f"the split indexes records beyond the dataset's {len(data)}: it was drawn for other data"
-        )
+    split.check(len(data))
     plan = plan_training(data, split, config, defense)
     x_train, y_train = data.x[split.members], data.y[split.members]
     x_test, y_test = data.x[split.non_members], data.y[split.non_members]

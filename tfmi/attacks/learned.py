@@ -39,7 +39,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tfmi.attacks.metrics import AttackResult, evaluate_scores
+from tfmi.attacks.metrics import AttackResult, check_membership, evaluate_scores
 from tfmi.attacks.signals import PROBABILITY_EPS, ModelOutputs, _check_outputs, _logsumexp, _resolve_kind
 from tfmi.data.dataset import check_labels
 from tfmi.errors import TfmiError
@@ -260,15 +260,4 @@ def _check_classifier(classifier: Any) -> None:
 
 
 def _check_is_member(is_member: Any) -> np.ndarray:
-    flags = np.asarray(is_member)
-    if flags.ndim != 1:
-        raise TfmiError(f"membership flags must be a 1-D boolean array, got shape {flags.shape}")
-    if flags.size == 0:
-        raise TfmiError("membership flags are empty: give at least one example")
-    if flags.dtype != bool:
-        if not np.issubdtype(flags.dtype, np.number) or not np.all((flags == 0) | (flags == 1)):
-            raise TfmiError(
-                "membership flags must be boolean (or 0/1): True for members, False for non-members"
-            )
-        flags = flags.astype(bool)
-    return flags
+    return check_membership(is_member, None, "membership flags")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-from tfmi.attacks.metrics import AttackResult, evaluate_scores
+from tfmi.attacks.metrics import AttackResult, check_membership, evaluate_scores
 from tfmi.errors import TfmiError
 
 _MIN_SD = 1e-6
@@ -70,7 +70,7 @@ class LiRA:
         phi = _as_statistics(shadow_statistics, "shadow statistics")
         if phi.ndim == 2:
             phi = phi[..., None]
-        in_mask = np.asarray(in_mask, dtype=bool)
+        in_mask = _check_mask(in_mask)
         if phi.ndim != 3 or in_mask.shape != phi.shape[:2]:
             raise TfmiError(
                 f"shadow statistics of shape {phi.shape} and an IN mask of shape {in_mask.shape} do not "
@@ -123,17 +123,38 @@ class LiRA:
         offline), not chosen on the target's labels: ``threshold_source="none"``.
         """
         scores = self.score_samples(target_statistics)
-        is_member = np.asarray(is_member, dtype=bool).reshape(-1)
+        is_member = check_membership(is_member, None, "membership flags")
         if len(is_member) != len(scores):
-            raise TfmiError(f"{len(is_member)} membership flags for {len(scores)} examples")
+            raise TfmiError(
+                f"{len(is_member)} membership flags for {len(scores)} examples: give one flag per example"
+            )
         threshold = 0.0 if self.online else float(np.log(0.5))
         return evaluate_scores(scores[is_member], scores[~is_member], attack=self.name,
                                threshold=threshold, threshold_source="none", bootstrap=bootstrap,
                                seed=seed)
 
 
+def _check_mask(in_mask: np.ndarray) -> np.ndarray:
+    """A (shadows, examples) IN mask as booleans; 0/1 numbers accepted."""
+    mask = np.asarray(in_mask)
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.number) or not np.all((mask == 0) | (mask == 1)):
+            raise TfmiError(
+                f"the IN mask must be boolean (or 0/1): True where the example trained that shadow; got "
+                f"dtype {mask.dtype}: pass the ShadowSet's masks"
+            )
+        mask = mask.astype(bool)
+    return mask
+
+
 def _as_statistics(values: np.ndarray, what: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise TfmiError(
+            f"{what} must be numbers, got dtype {values.dtype}: compute them with tfmi.attacks.signals "
+            "(the logit_confidence signal)"
+        )
+    values = values.astype(np.float64)
     if values.size == 0:
         raise TfmiError(f"{what} are empty")
     if not np.all(np.isfinite(values)):

@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from tfmi.errors import TfmiError
+from tfmi.validation import check_number
 
 __all__ = [
     "FPR_TARGETS",
     "THRESHOLD_SOURCES",
     "AttackResult",
+    "check_membership",
     "evaluate_scores",
     "roc_curve",
     "tpr_at_fpr",
@@ -55,7 +57,8 @@ def _check_scores(scores: Any, what: str) -> np.ndarray:
     if x.size == 0:
         raise TfmiError(f"{what} is empty: give at least one example")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise TfmiError(f"{what} must be numeric, got dtype {x.dtype}")
+        raise TfmiError(f"{what} must be numeric, got dtype {x.dtype}: give one number per example "
+                        "(higher = more likely a member)")
     x = x.astype(np.float64, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
@@ -66,16 +69,35 @@ def _check_scores(scores: Any, what: str) -> np.ndarray:
     return x
 
 
-def _check_is_member(is_member: Any, n: int) -> np.ndarray:
+def check_membership(is_member: Any, n: int | None = None, what: str = "is_member") -> np.ndarray:
+    """``is_member`` as a 1-D boolean array (0/1 numbers accepted), of length ``n`` when given.
+
+    >>> check_membership([1, 0, 1]).tolist()
+    [True, False, True]
+    """
     y = np.asarray(is_member)
     if y.ndim != 1:
-        raise TfmiError(f"is_member must be a 1-D boolean array, got shape {y.shape}")
-    if len(y) != n:
-        raise TfmiError(f"scores have {n} entries but is_member has {len(y)}: they must match")
+        raise TfmiError(f"{what} must be a 1-D boolean array (one flag per example), got shape {y.shape}")
+    if y.size == 0:
+        raise TfmiError(f"{what} is empty: give at least one example")
+    if n is not None and len(y) != n:
+        raise TfmiError(f"scores have {n} entries but {what} has {len(y)}: they must match (one flag each)")
     if y.dtype != bool:
-        if not np.issubdtype(y.dtype, np.number) or not np.all((y == 0) | (y == 1)):
-            raise TfmiError("is_member must be boolean (or 0/1): True for members, False for non-members")
-        y = y.astype(bool)
+        if not np.issubdtype(y.dtype, np.number):
+            detail = f"dtype {y.dtype}"
+        elif not np.all((y == 0) | (y == 1)):
+            detail = f"the value {y[(y != 0) & (y != 1)][0]!r}"
+        else:
+            return y.astype(bool)
+        raise TfmiError(
+            f"{what} must be boolean (or 0/1): True for members, False for non-members; got {detail}: "
+            "convert the flags first (e.g. flags == 'member')"
+        )
+    return y
+
+
+def _check_is_member(is_member: Any, n: int) -> np.ndarray:
+    y = check_membership(is_member, n)
     if y.all() or not y.any():
         which = "non-members" if y.all() else "members"
         raise TfmiError(f"is_member has no {which}: the ROC needs at least one member and one non-member")
@@ -83,10 +105,21 @@ def _check_is_member(is_member: Any, n: int) -> np.ndarray:
 
 
 def _check_fpr(fpr: float) -> float:
-    f = float(fpr)
-    if not 0.0 < f <= 1.0:
-        raise TfmiError(f"a target FPR must be in (0, 1], got {fpr!r}")
-    return f
+    return check_number("a target FPR", fpr, low=0, high=1, low_inclusive=False)
+
+
+def _check_curve(values: Any, what: str) -> np.ndarray:
+    """An ROC coordinate array (fpr or tpr): 1-D, numeric, within [0, 1]."""
+    x = np.asarray(values)
+    if x.ndim != 1 or x.size == 0 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TfmiError(
+            f"{what} must be a non-empty 1-D array of rates in [0, 1], got {x.dtype} of shape {x.shape}: "
+            "pass the arrays roc_curve returns"
+        )
+    x = x.astype(np.float64)
+    if not np.all((x >= 0) & (x <= 1)):
+        raise TfmiError(f"{what} must hold rates in [0, 1]: pass the arrays roc_curve returns")
+    return x
 
 
 # ------------------------------------------------------------------------------------------------ ROC
@@ -162,11 +195,16 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float, num_non_members:
     True
     """
     target = _check_fpr(target)
+    num_non_members = check_number("num_non_members", num_non_members, low=1, integer=True)
+    fpr, tpr = _check_curve(fpr, "fpr"), _check_curve(tpr, "tpr")
+    if len(fpr) != len(tpr):
+        raise TfmiError(
+            f"fpr has {len(fpr)} points but tpr has {len(tpr)}: pass the arrays roc_curve returns"
+        )
     if target * num_non_members + 1e-9 < 1:
         return None
-    fpr = np.asarray(fpr, dtype=np.float64)
     k = int(np.searchsorted(fpr, target * (1 + 1e-12), side="right")) - 1
-    return float(np.asarray(tpr, dtype=np.float64)[k])
+    return float(tpr[max(k, 0)])
 
 
 def _downsample(
@@ -252,6 +290,10 @@ class AttackResult:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AttackResult:
         """Rebuild a result written by `to_dict`."""
+        if not isinstance(d, Mapping):
+            raise TfmiError(
+                f"not a saved AttackResult: expected a dict written by to_dict(), got {type(d).__name__}"
+            )
         try:
             ci = d.get("tpr_at_fpr_ci")
             return cls(
@@ -270,7 +312,7 @@ class AttackResult:
                 if ci is None
                 else {float(f): (None if v is None else (float(v[0]), float(v[1]))) for f, v in ci.items()},
             )
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise TfmiError(
                 f"not a saved AttackResult ({type(e).__name__}: {e}): write it with to_dict()"
             ) from None
@@ -394,8 +436,9 @@ def evaluate_scores(
             raise TfmiError(f"threshold must be finite, got {threshold!r}")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int | np.integer) or bootstrap < 0:
         raise TfmiError(f"bootstrap must be an integer >= 0 (0 turns it off), got {bootstrap!r}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise TfmiError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence!r}")
+    check_number("confidence", confidence, low=0, high=1, low_inclusive=False, high_inclusive=False,
+                 hint="0.95 is usual")
+    check_number("seed", seed, integer=True)
     if isinstance(max_roc_points, bool) or not isinstance(max_roc_points, int) or max_roc_points < 4:
         raise TfmiError(f"max_roc_points must be an integer >= 4, got {max_roc_points!r}")
 

@@ -41,8 +41,9 @@ from tfmi.data.dataset import Dataset, check_features
 from tfmi.data.splits import MembershipSplit
 from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
+from tfmi.inference import PREDICT_BATCH_SIZE, predict_in_batches
 from tfmi.models import build_model
-from tfmi.training import PREDICT_BATCH_SIZE, TrainConfig, plan_training, predict_in_batches
+from tfmi.training import TrainConfig, plan_training
 
 #: zoo networks the batched path trains (defense "none" only)
 BATCHED_MODELS = ("mlp", "cnn")
@@ -309,6 +310,11 @@ def train_shadows(
     ((2, 5, 10), (2, 64))
     """
     defense = defense or DefenseConfig()
+    for value, kind, fix in ((data, Dataset, "tfmi.data.load_dataset or make_dataset"),
+                             (config, TrainConfig, "TrainConfig(model_name, ...)"),
+                             (defense, DefenseConfig, "DefenseConfig(name, ...)")):
+        if not isinstance(value, kind):
+            raise TfmiError(f"expected a {kind.__name__}, got {type(value).__name__}: make one with {fix}")
     k = _check_count(num_shadows, "the number of shadows", 1)
     pool = _check_pool(pool, len(data))
     if masks is None:

@@ -41,7 +41,7 @@ from tfmi.attacks.threshold import THRESHOLD_ATTACKS, ThresholdAttack
 from tfmi.data.dataset import Dataset
 from tfmi.data.splits import MembershipSplit
 from tfmi.errors import TfmiError
-from tfmi.training import PREDICT_BATCH_SIZE
+from tfmi.inference import PREDICT_BATCH_SIZE
 
 THRESHOLD_ATTACK_NAMES = tuple(THRESHOLD_ATTACKS)
 LEARNED_ATTACK_NAMES = ("shokri", "top3")
@@ -71,6 +71,11 @@ def parse_attacks(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     """
     if spec is None:
         return ATTACK_NAMES
+    if not isinstance(spec, str | Iterable):
+        raise TfmiError(
+            f"attacks must be a comma list or a sequence of names, got {type(spec).__name__} {spec!r}: "
+            "e.g. 'loss,lira' or ['loss', 'lira']"
+        )
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     chosen: list[str] = []
     for item in filter(None, items):
@@ -91,6 +96,11 @@ def parse_attacks(spec: str | Iterable[str] | None) -> tuple[str, ...]:
 def shadow_pool(split: MembershipSplit, mode: str = "online") -> np.ndarray:
     """The records shadows train on: ``"online"`` members and non-members; ``"offline"`` the disjoint
     shadow pool (online LiRA cannot run then)."""
+    if not isinstance(split, MembershipSplit):
+        raise TfmiError(
+            f"expected a MembershipSplit, got {type(split).__name__}: "
+            "make one with tfmi.data.membership_split"
+        )
     if mode == "online":
         return np.sort(np.concatenate([split.members, split.non_members]))
     if mode == "offline":
@@ -173,11 +183,20 @@ class AttackReport:
 def _check_indices(indices: Any, n: int, what: str) -> np.ndarray:
     indices = np.asarray(indices)
     if indices.ndim != 1 or len(indices) == 0:
-        raise TfmiError(f"{what} must be a non-empty 1-D array of record indices, got shape {indices.shape}")
+        raise TfmiError(
+            f"{what} must be a non-empty 1-D array of record indices, got shape {indices.shape}: "
+            "pass e.g. split.members"
+        )
     if not np.issubdtype(indices.dtype, np.integer):
-        raise TfmiError(f"{what} must be integer record indices, got dtype {indices.dtype}")
+        raise TfmiError(
+            f"{what} must be integer record indices, got dtype {indices.dtype}: pass row numbers of the "
+            "dataset (a boolean mask? use np.flatnonzero(mask))"
+        )
     if indices.min() < 0 or indices.max() >= n:
-        raise TfmiError(f"{what} index records outside the dataset's {n}: they were drawn for other data")
+        raise TfmiError(
+            f"{what} index records outside the dataset's {n}: they were drawn for other data; pass the "
+            "dataset the split was made for"
+        )
     return indices.astype(np.int64)
 
 
@@ -227,6 +246,15 @@ def run_attacks(
         flip: add horizontally flipped images as a second LiRA query.
         bootstrap: resamples for confidence intervals (0: none).
     """
+    if not isinstance(data, Dataset):
+        raise TfmiError(
+            f"data must be a tfmi Dataset, got {type(data).__name__}: wrap arrays with "
+            "tfmi.data.make_dataset(x, y) or load one with tfmi.data.load_dataset"
+        )
+    if shadows is not None and not isinstance(shadows, ShadowSet):
+        raise TfmiError(
+            f"shadows must be a ShadowSet from tfmi.attacks.train_shadows, got {type(shadows).__name__}"
+        )
     requested = parse_attacks(attacks)
     explicit = attacks is not None and not (isinstance(attacks, str) and attacks.strip() == "all")
     members = _check_indices(members, len(data), "members")

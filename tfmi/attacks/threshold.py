@@ -22,8 +22,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from tfmi.attacks.metrics import AttackResult, evaluate_scores
+from tfmi.attacks.metrics import AttackResult, check_membership, evaluate_scores
 from tfmi.attacks.signals import Signals
+from tfmi.data.dataset import check_labels
 from tfmi.errors import TfmiError
 
 
@@ -67,13 +68,15 @@ class ThresholdAttack:
 
     def raw_scores(self, signals: Signals) -> np.ndarray:
         """The signal turned into a membership score (higher = more likely member)."""
+        _check_signals(signals)
         rule = THRESHOLD_ATTACKS[self.attack]
         return rule.sign * np.asarray(getattr(signals, rule.signal), dtype=np.float64)
 
     def fit(self, signals: Signals, labels: np.ndarray, is_member: np.ndarray) -> ThresholdAttack:
         """Choose thresholds maximizing balanced accuracy on shadow signals with known membership."""
         scores = self.raw_scores(signals)
-        labels, is_member = np.asarray(labels).reshape(-1), np.asarray(is_member, dtype=bool).reshape(-1)
+        labels = check_labels(labels, None, "shadow labels")
+        is_member = check_membership(is_member, None, "shadow membership flags")
         if not (len(scores) == len(labels) == len(is_member)):
             raise TfmiError(
                 f"shadow signals ({len(scores)}), labels ({len(labels)}) and membership flags "
@@ -99,6 +102,8 @@ class ThresholdAttack:
             raise TfmiError(
                 "per-class thresholds need the shadow labels: use fit(signals, labels, is_member)"
             )
+        _check_signals(member_signals)
+        _check_signals(non_member_signals)
         both = _concat(member_signals, non_member_signals)
         is_member = np.r_[np.ones(_size(member_signals), bool), np.zeros(_size(non_member_signals), bool)]
         return self.fit(both, np.zeros(len(is_member), int), is_member)
@@ -110,7 +115,9 @@ class ThresholdAttack:
             return scores
         if labels is None:
             raise TfmiError("a per-class threshold attack needs the examples' labels to score them")
-        labels = np.asarray(labels).reshape(-1)
+        labels = check_labels(labels)
+        if len(labels) != len(scores):
+            raise TfmiError(f"{len(scores)} signals but {len(labels)} labels: give one label per example")
         offsets = np.array([self.class_thresholds_.get(int(c), self.threshold_) for c in labels])
         return scores - offsets + self.threshold_
 
@@ -146,6 +153,14 @@ def _best_threshold(scores: np.ndarray, is_member: np.ndarray, name: str) -> flo
     if is_member.all() or not is_member.any():
         raise TfmiError(f"{name}: the shadow data needs both members and non-members to set a threshold")
     return float(evaluate_scores(scores[is_member], scores[~is_member], attack=name).threshold)
+
+
+def _check_signals(signals: Signals) -> None:
+    if not isinstance(signals, Signals):
+        raise TfmiError(
+            f"threshold attacks take Signals, got {type(signals).__name__}: compute them with "
+            "tfmi.attacks.compute_signals(outputs, labels) or signals_for(model, x, y)"
+        )
 
 
 def _size(signals: Signals) -> int:

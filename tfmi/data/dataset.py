@@ -60,7 +60,10 @@ def check_labels(y: np.ndarray, num_classes: int | None = None, what: str = "lab
     if y.size == 0:
         raise TfmiError(f"{what} is empty: give at least one example")
     if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
-        raise TfmiError(f"{what} must be integer class indices, got dtype {y.dtype}")
+        raise TfmiError(
+            f"{what} must be integer class indices, got dtype {y.dtype}: map the classes to 0..K-1 "
+            "(e.g. np.unique(labels, return_inverse=True)[1])"
+        )
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)):
             raise TfmiError(f"{what} contain NaN or infinity: remove or fix those rows")

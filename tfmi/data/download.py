@@ -28,6 +28,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     >>> resolve_data_dir("/tmp").as_posix()
     '/tmp'
     """
+    if data_dir is not None and not (isinstance(data_dir, str | os.PathLike)
+                                     and isinstance(os.fspath(data_dir), str)):
+        raise TfmiError(f"the data dir must be a folder path, got {type(data_dir).__name__} {data_dir!r}")
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     if chosen is None:
         return None

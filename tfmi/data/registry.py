@@ -125,6 +125,12 @@ def load_dataset(
     >>> x.shape, y[:5].tolist(), num_classes
     ((1797, 8, 8, 1), [0, 1, 2, 3, 4], 10)
     """
+    if not isinstance(name, str | os.PathLike) or not isinstance(os.fspath(name), str):
+        raise TfmiError(
+            f"the dataset must be a name or a path, got {type(name).__name__} {name!r}: use one of "
+            f"{', '.join(DATASET_NAMES)}, or a path to a .npz or .csv file"
+        )
+    name = os.fspath(name)
     folder = resolve_data_dir(data_dir)
     entry = _REGISTRY.get(name.lower().replace("-", "_"))
     if entry is not None:

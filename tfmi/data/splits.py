@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tfmi.data.archives import readable
+from tfmi.data.archives import open_npz
+from tfmi.data.dataset import check_labels
 from tfmi.errors import TfmiError
+from tfmi.validation import check_number
 
 ROLES = ("members", "non_members", "reference", "shadow_pool")
 
@@ -44,17 +47,77 @@ class MembershipSplit:
         with open(path, "wb") as handle:
             np.savez(handle, seed=np.int64(self.seed), **{r: getattr(self, r) for r in ROLES})
 
+    def check(self, num_records: int) -> None:
+        """Raise unless every role holds distinct integer indices in ``0..num_records-1`` and the four
+        roles are pairwise disjoint: the split fits a dataset of ``num_records`` records.
+
+        >>> import numpy as np
+        >>> MembershipSplit(0, np.arange(3), np.arange(3, 6), np.arange(0), np.arange(6, 8)).check(10)
+        """
+        num_records = check_number("num_records", num_records, low=0, integer=True)
+        _check_roles({role: getattr(self, role) for role in ROLES}, num_records, "the split")
+
     @classmethod
-    def load(cls, path: str | os.PathLike) -> MembershipSplit:
-        """Read a split written by `save`."""
+    def load(cls, path: str | os.PathLike, num_records: int | None = None) -> MembershipSplit:
+        """Read a split written by `save`; with ``num_records``, also check it fits a dataset that size.
+
+        Every role must hold distinct non-negative integer indices (below ``num_records`` when
+        given) and the four roles must be pairwise disjoint.
+        """
         path = Path(path)
+        if num_records is not None:
+            num_records = check_number("num_records", num_records, low=0, integer=True)
         if not path.is_file():
             raise TfmiError(f"split file {path} does not exist")
-        with readable(path, "split file (.npz)"), np.load(path) as stored:
+        with open_npz(path, "split file (.npz)") as stored:
             missing = [k for k in ("seed", *ROLES) if k not in stored.files]
             if missing:
-                raise TfmiError(f"{path} is not a tfmi split file: it lacks {', '.join(missing)}")
-            return cls(int(stored["seed"]), *(stored[r].astype(np.int64) for r in ROLES))
+                raise TfmiError(
+                    f"{path} is not a tfmi split file: it lacks {', '.join(missing)}; "
+                    "use the split.npz that tfmi train wrote"
+                )
+            seed = np.asarray(stored["seed"])
+            roles = {role: np.asarray(stored[role]) for role in ROLES}
+        if seed.shape != () or not np.issubdtype(seed.dtype, np.integer):
+            raise TfmiError(
+                f"{path}: seed must be one integer, got {seed.dtype} of shape {seed.shape}: the split "
+                "file is damaged; re-run tfmi train to write a new one"
+            )
+        _check_roles(roles, num_records, str(path))
+        return cls(int(seed), *(roles[r].astype(np.int64) for r in ROLES))
+
+
+_REWRITE = "re-run tfmi train to write a new split"
+
+
+def _check_roles(roles: dict[str, np.ndarray], num_records: int | None, where: str) -> None:
+    """The checks of `MembershipSplit.check`, with ``where`` (a file, or "the split") in the message."""
+    for role, values in roles.items():
+        values = np.asarray(values)
+        if values.ndim != 1:
+            raise TfmiError(f"{where}: {role} has shape {values.shape}, not a 1-D list of record indices; "
+                            f"{_REWRITE}")
+        if values.size and not np.issubdtype(values.dtype, np.integer):
+            raise TfmiError(f"{where}: {role} holds {values.dtype} values, not integer record indices; "
+                            f"{_REWRITE}")
+        if values.size and values.min() < 0:
+            raise TfmiError(f"{where}: {role} holds the negative record index {int(values.min())}; "
+                            f"{_REWRITE}")
+        if num_records is not None and values.size and values.max() >= num_records:
+            raise TfmiError(
+                f"{where}: {role} indexes record {int(values.max())} but the dataset has {num_records} "
+                f"records: the split was written for a different dataset; use that dataset or {_REWRITE}"
+            )
+        if len(np.unique(values)) != len(values):
+            raise TfmiError(f"{where}: {role} lists a record more than once; {_REWRITE}")
+    for i, first in enumerate(ROLES):
+        for second in ROLES[i + 1:]:
+            shared = np.intersect1d(roles[first], roles[second])
+            if shared.size:
+                raise TfmiError(
+                    f"{where}: {first} and {second} share {shared.size} record(s) (e.g. {int(shared[0])}), "
+                    f"but every record plays one role; {_REWRITE}"
+                )
 
 
 def membership_split(
@@ -76,11 +139,10 @@ def membership_split(
     >>> np.bincount(labels[split.members]).tolist()
     [30, 30, 30, 30, 30, 30, 30, 30, 30, 30]
     """
-    labels = np.asarray(labels)
+    labels = check_labels(labels)
     n = len(labels)
-    if isinstance(target_size, bool) or int(target_size) != target_size or target_size < 1:
-        raise TfmiError(f"target size must be a positive integer, got {target_size!r}")
-    target_size = int(target_size)
+    target_size = check_number("target size", target_size, low=1, integer=True)
+    seed = check_number("seed", seed, integer=True)
     if 2 * target_size > n:
         raise TfmiError(
             f"target size {target_size} needs {2 * target_size} records (members plus as many "
@@ -89,6 +151,10 @@ def membership_split(
     remaining = n - 2 * target_size
     if reference_size is None:
         reference_size = min(target_size, remaining // 2)
+    if isinstance(reference_size, bool) or not isinstance(reference_size, numbers.Integral):
+        raise TfmiError(
+            f"reference size must be an integer between 0 and {remaining}, got {reference_size!r}"
+        )
     if reference_size < 0 or reference_size > remaining:
         raise TfmiError(
             f"reference size {reference_size} must be between 0 and {remaining}, the records left "

@@ -13,14 +13,13 @@ A data dir may instead hold ``<name>.npz`` with arrays ``features`` and ``labels
 from __future__ import annotations
 
 import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tfmi.data.archives import cached_parse, parse_numeric_csv, read_tar_member, readable
-from tfmi.data.dataset import Dataset, make_dataset
+from tfmi.data.archives import cached_parse, open_npz, parse_numeric_csv, read_tar_member, readable
+from tfmi.data.dataset import Dataset, check_labels, make_dataset
 from tfmi.data.download import download, find_file
 from tfmi.errors import TfmiError
 
@@ -83,6 +82,7 @@ def load_tabular(spec: TabularSpec, data_dir: Path | None) -> Dataset:
     else:
         arrays = cached_parse(path, spec.name, lambda p: _parse_archive(spec, p))
         x, labels = arrays["x"], arrays["labels"]
+    _check_width(np.asarray(x), spec, path)
     return make_dataset(
         x, _zero_based(labels, spec, path), spec.num_classes, name=spec.name, source=str(path),
         default_model="mlp", default_target_size=_default_target_size(len(labels)),
@@ -109,39 +109,43 @@ def _parse_archive(spec: TabularSpec, path: Path) -> dict[str, np.ndarray]:
                 raise TfmiError(
                     f"{path}: {len(x)} feature rows but {len(labels)} labels; the archive is damaged"
                 )
-    if x.shape[1] != spec.num_features:
-        raise TfmiError(
-            f"{path}: rows have {x.shape[1]} features, {spec.name} has {spec.num_features}"
-        )
+    _check_width(x, spec, path)
     return {"x": x.astype(np.uint8) if np.isin(x, (0, 1)).all() else x, "labels": labels}
+
+
+def _check_width(x: np.ndarray, spec: TabularSpec, path: Path) -> None:
+    """Refuse features that are not ``spec.num_features`` per record: another dataset's file."""
+    if x.ndim != 2 or x.shape[1] != spec.num_features:
+        found = f"{x.shape[1]} features per record" if x.ndim == 2 else f"feature shape {x.shape}"
+        raise TfmiError(
+            f"{path.name} has {found} but {spec.name} has {spec.num_features}: it is not the "
+            f"{spec.name} data; replace {path} with {spec.archive} or a {spec.npz} of "
+            f"{spec.num_features}-feature rows"
+        )
 
 
 def _zero_based(labels: np.ndarray, spec: TabularSpec, path: Path) -> np.ndarray:
     """Shokri archives number classes 1..K; accept 0..K-1 too (already converted files)."""
-    labels = np.asarray(labels)
+    labels = check_labels(labels, None, f"{path.name} labels")
     low, high = labels.min(), labels.max()
     if low >= 1 and high <= spec.num_classes:
         return labels - 1
     if low >= 0 and high < spec.num_classes:
         return labels
     raise TfmiError(
-        f"{path}: labels range {low:g}..{high:g}, but {spec.name} has classes 1..{spec.num_classes}"
+        f"{path}: labels range {low:g}..{high:g}, but {spec.name} has classes 1..{spec.num_classes}: "
+        f"it is not the {spec.name} data; replace it with {spec.archive} or a {spec.npz} labelled "
+        f"1..{spec.num_classes} (or 0..{spec.num_classes - 1})"
     )
 
 
 def read_features_labels_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays from an ``.npz`` holding ``x``/``y`` or ``features``/``labels``."""
-    if not zipfile.is_zipfile(path):
-        raise TfmiError(f"{path} is not a valid .npz file (corrupt, truncated, or another format)")
-    with readable(path, ".npz file"):
-        stored = np.load(path, allow_pickle=False)
-        if not isinstance(stored, np.lib.npyio.NpzFile):
-            raise TfmiError(f"{path} is a single .npy array, not an .npz archive of named arrays")
-        with stored:
-            for x_key, y_key in (("x", "y"), ("features", "labels")):
-                if x_key in stored.files and y_key in stored.files:
-                    return stored[x_key], stored[y_key]
-            raise TfmiError(
-                f"{path} holds arrays {sorted(stored.files)}; expected 'x' and 'y' "
-                "or 'features' and 'labels'"
-            )
+    """Arrays from an ``.npz`` holding ``x``/``y`` or ``features``/``labels`` (checked by `open_npz`)."""
+    with open_npz(path, ".npz file") as stored:
+        for x_key, y_key in (("x", "y"), ("features", "labels")):
+            if x_key in stored.files and y_key in stored.files:
+                return stored[x_key], stored[y_key]
+        raise TfmiError(
+            f"{path} holds arrays {sorted(stored.files)}; expected 'x' and 'y' "
+            "or 'features' and 'labels'"
+        )

@@ -29,7 +29,7 @@ training step (one batch of members):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from tfmi.defenses.base import DefendedModel, resolve_reference
 from tfmi.errors import TfmiError
+from tfmi.validation import check_number
 
 layers = tf.keras.layers
 _SEED_STREAM = 7  # step_seed stream of the reference draws (MMDMixupModel uses 1-3)
@@ -80,17 +81,11 @@ class AdvRegModel(DefendedModel):
         reference_size: int | None = None,
         **kwargs: Any,
     ):
-        if isinstance(adv_weight, bool) or not isinstance(adv_weight, Real) or not (
-            np.isfinite(adv_weight) and adv_weight >= 0
-        ):
-            raise TfmiError(f"adv_weight must be a number >= 0 (1.0 is usual), got {adv_weight!r}")
-        if isinstance(attack_steps, bool) or not isinstance(attack_steps, Integral) or attack_steps < 1:
-            raise TfmiError(f"attack_steps must be an integer >= 1, got {attack_steps!r}")
+        adv_weight = check_number("adv_weight", adv_weight, low=0, hint="1.0 is usual")
+        attack_steps = check_number("attack_steps", attack_steps, low=1, integer=True)
         attack_hidden = _check_hidden(attack_hidden)
-        if isinstance(attack_learning_rate, bool) or not isinstance(attack_learning_rate, Real) or not (
-            np.isfinite(attack_learning_rate) and attack_learning_rate > 0
-        ):
-            raise TfmiError(f"attack_learning_rate must be a positive number, got {attack_learning_rate!r}")
+        attack_learning_rate = check_number("attack_learning_rate", attack_learning_rate, low=0,
+                                            low_inclusive=False, hint="1e-3 is usual")
         ref_x, ref_y = resolve_reference(
             model, reference_data, reference_size,
             needs="the inference model would flag every record of a class it never saw as a member",

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfmi.artifacts import export_saved_model
 from tfmi.data.dataset import check_features, check_labels
 from tfmi.errors import TfmiError
+from tfmi.inference import export_saved_model
 from tfmi.outputs import log_probabilities, probabilities, resolve_output_kind
+from tfmi.validation import check_number
 
 
 def classifier_shape(model: tf.keras.Model) -> tuple[tuple[int, ...], int]:
@@ -110,7 +111,7 @@ class DefendedModel(tf.keras.Model):
         if sample_x is None:
             sample_x = np.zeros((2, *model.input_shape[1:]), np.float32)
         self.output_kind = resolve_output_kind(model, sample_x[:8], self.num_classes, outputs)
-        self.seed = int(seed)
+        self.seed = check_number("seed", seed, integer=True)
         self.built = True  # the inner model is built; Keras would otherwise warn when saving
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.ce_tracker = tf.keras.metrics.Mean(name="ce_loss")

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfmi.defenses.config import DP_PATHS
 from tfmi.errors import TfmiError
 
 __all__ = [
@@ -78,7 +79,7 @@ __all__ = [
     "resolve_path",
 ]
 
-PATHS: tuple[str, ...] = ("auto", "fast", "dpmodel", "vectorized", "microbatched")
+PATHS: tuple[str, ...] = DP_PATHS
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 ACCOUNTANTS: tuple[str, ...] = ("RDP", "PLD")
 DEFAULT_DELTA = 1e-5

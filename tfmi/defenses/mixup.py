@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 
-from tfmi.errors import TfmiError
+from tfmi.validation import check_number
 
 
 class MixupDraw(NamedTuple):
@@ -28,9 +27,8 @@ class MixupDraw(NamedTuple):
 
 
 def check_alpha(alpha: float) -> float:
-    if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha > 0):
-        raise TfmiError(f"mixup alpha must be a positive number (1.0 is usual), got {alpha!r}")
-    return float(alpha)
+    """``alpha`` as a float after checking it is a number > 0."""
+    return check_number("mixup_alpha", alpha, low=0, low_inclusive=False, hint="1.0 is usual")
 
 
 def sample_beta(alpha: float, seed: tf.Tensor) -> tf.Tensor:

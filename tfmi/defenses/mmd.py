@@ -15,21 +15,23 @@ outputs on held-out records gives a membership attacker little to go on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 import tensorflow as tf
 
 from tfmi.errors import TfmiError
+from tfmi.validation import check_number
 
 ESTIMATORS = ("biased", "unbiased")
 
 
 def check_bandwidths(bandwidths: float | Sequence[float]) -> tuple[float, ...]:
     """Bandwidths as a non-empty tuple of positive floats."""
-    values = (bandwidths,) if np.isscalar(bandwidths) else tuple(bandwidths)
-    if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise TfmiError(f"MMD bandwidths must be positive numbers, got {bandwidths!r}")
-    return tuple(float(v) for v in values)
+    values = (bandwidths,) if isinstance(bandwidths, Real) else bandwidths
+    if isinstance(values, str) or not isinstance(values, Sequence | np.ndarray) or len(values) == 0:
+        raise TfmiError(f"MMD bandwidths must be one or more numbers > 0, got {bandwidths!r}")
+    return tuple(check_number("an MMD bandwidth", v, low=0, low_inclusive=False) for v in values)
 
 
 def squared_distances(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

@@ -52,7 +52,8 @@ from tfmi.defenses.config import DEFAULT_MMD_WEIGHT
 from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
 from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
 from tfmi.errors import TfmiError
-from tfmi.training import accuracy, predict_in_batches
+from tfmi.inference import accuracy, predict_in_batches
+from tfmi.validation import check_number
 
 SCHEDULES = tuple(DEFAULT_MMD_WEIGHT)
 EVAL_BATCH_SIZE = 4096
@@ -99,16 +100,14 @@ class MMDMixupModel(DefendedModel):
             raise TfmiError(f"unknown MMD schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
         if mmd_weight is None:
             mmd_weight = DEFAULT_MMD_WEIGHT[schedule]
-        if not (np.isfinite(mmd_weight) and mmd_weight >= 0):
-            raise TfmiError(f"mmd_weight must be a number >= 0, got {mmd_weight!r}")
+        mmd_weight = check_number("mmd_weight", mmd_weight, low=0)
         if mixup_alpha is not None:
             mixup_alpha = check_alpha(mixup_alpha)
         if estimator not in ESTIMATORS:
             raise TfmiError(f"unknown MMD estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
         if mmd_inputs not in ("clean", "mixed"):
             raise TfmiError(f"mmd_inputs must be 'clean' or 'mixed', got {mmd_inputs!r}")
-        if not 0 <= gap_threshold < 1:
-            raise TfmiError(f"gap_threshold must be in [0, 1), got {gap_threshold!r}")
+        gap_threshold = check_number("gap_threshold", gap_threshold, low=0, high=1, high_inclusive=False)
         ref_x, ref_y = resolve_reference(
             model, reference_data, reference_size,
             needs="class-matched MMD batches need every class in the reference set",

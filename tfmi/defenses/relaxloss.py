@@ -35,14 +35,12 @@ The epoch counter (`epochs_seen`, saved with the model) advances at the end of e
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from tfmi.defenses.base import DefendedModel
-from tfmi.errors import TfmiError
+from tfmi.validation import check_number
 
 
 @tf.keras.saving.register_keras_serializable(package="tfmi")
@@ -73,10 +71,8 @@ class RelaxLossModel(DefendedModel):
         seed: int = 0,
         **kwargs: Any,
     ):
-        if isinstance(alpha, bool) or not isinstance(alpha, Real) or not (np.isfinite(alpha) and alpha > 0):
-            raise TfmiError(f"alpha (the target training loss) must be a number > 0, got {alpha!r}")
-        if isinstance(upper, bool) or not isinstance(upper, Real) or not (0 < upper <= 1):
-            raise TfmiError(f"upper (a confidence cap) must be in (0, 1], got {upper!r}")
+        alpha = check_number("alpha (the target training loss)", alpha, low=0, low_inclusive=False)
+        upper = check_number("upper (a confidence cap)", upper, low=0, high=1, low_inclusive=False)
         super().__init__(model, outputs=outputs, seed=seed, **kwargs)
         self.alpha = float(alpha)
         self.upper = float(upper)
