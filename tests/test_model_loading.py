@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmi.artifacts import export_saved_model
 from tfmi.errors import TfmiError
+from tfmi.inference import export_saved_model
 from tfmi.model_loading import LoadedModel, check_output_width, list_signatures, load_model
 
 PLAIN_KERAS_SCRIPT = textwrap.dedent(
@@ -184,6 +184,17 @@ def test_empty_directory(tmp_path):
 def test_corrupt_keras_file(tmp_path):
     path = tmp_path / "model.keras"
     path.write_text("this is not a model\n")
+    with pytest.raises(TfmiError, match=r"model\.keras is not a model: it is neither a Keras zip") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_keras_zip(tmp_path):
+    model = _tiny_model()
+    whole = tmp_path / "whole.keras"
+    model.save(whole)
+    path = tmp_path / "model.keras"
+    path.write_bytes(whole.read_bytes()[:200])
     with pytest.raises(TfmiError, match=r"cannot load .*model\.keras as a Keras model") as info:
         load_model(path)
     assert "\n" not in str(info.value)
@@ -198,19 +209,18 @@ def test_corrupt_saved_model(tmp_path):
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "weights.txt"
     path.write_text("1 2 3\n")
-    with pytest.raises(
-        TfmiError, match=r"not a model: give a SavedModel directory, a \.keras or an \.h5 file"
-    ):
+    with pytest.raises(TfmiError, match=r"not a model: it is neither a Keras zip \(\.keras\), an HDF5 file"):
         load_model(path)
 
 
-def test_lambda_layer_refused_by_safe_mode(tmp_path):
+def test_lambda_layer_refused_before_deserializing(tmp_path):
     model = tf.keras.Sequential(
         [tf.keras.Input((3,)), tf.keras.layers.Lambda(lambda t: 2 * t), tf.keras.layers.Dense(4)]
     )
     path = tmp_path / "lambda.keras"
     model.save(path)
-    with pytest.raises(TfmiError, match=r"safe_mode refused to deserialize code.*Lambda") as info:
+    pattern = r"refusing to load .*layer 'lambda' \(Lambda\) stores Python code"
+    with pytest.raises(TfmiError, match=pattern) as info:
         load_model(path)
     assert "\n" not in str(info.value)
 

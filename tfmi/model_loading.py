@@ -7,6 +7,12 @@ Accepted inputs:
 * a ``tfmi train`` model directory (its ``saved_model/`` subdirectory is loaded);
 * a Keras ``.keras`` file (loaded with ``safe_mode=True``) or a legacy ``.h5`` / ``.hdf5`` file.
 
+The format is read off the content (zip, HDF5 signature, SavedModel layout), never the name, and
+every file is checked by `tfmi.model_safety` before anything in it is deserialized: a model whose
+loading or inference would run Python code or touch files, network or the interpreter is refused,
+unless ``unsafe_load=True`` (``--unsafe-load``). Keras files are loaded from a private copy of the
+bytes that were checked, and a SavedModel's graph from the very bytes that were inspected.
+
 Every problem is reported as a one-line :class:`~tfmi.errors.TfmiError`; nothing is printed.
 """
 
@@ -15,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfmi import model_safety
 from tfmi.errors import TfmiError
 from tfmi.outputs import last_activation
 
-SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_FILE = model_safety.SAVED_MODEL_FILE
 TFMI_SAVED_MODEL_DIR = "saved_model"  # the SavedModel inside a `tfmi train` directory
 SERVING_DEFAULT = "serving_default"
-KERAS_SUFFIXES = (".keras",)
-H5_SUFFIXES = (".h5", ".hdf5")
 PREDICT_BATCH_SIZE = 1024
 
 # What the loaders raise on a corrupt / incompatible file.
@@ -57,7 +64,8 @@ class LoadedModel:
     ``predict`` maps a float32 batch ``(n, *input_shape)`` to an ``(n, num_outputs)`` numpy array.
     ``input_shape``, ``num_outputs`` and ``output_activation`` are ``None`` when unknown;
     ``signature`` is the SavedModel signature key used (``None`` for Keras files) and ``keras_model``
-    the Keras model object (``None`` for SavedModels).
+    the Keras model object (``None`` for SavedModels). ``unsafe_load`` records that the safety
+    checks of `tfmi.model_safety` were skipped.
     """
 
     predict: Callable[[np.ndarray], np.ndarray]
@@ -68,6 +76,7 @@ class LoadedModel:
     output_activation: str | None
     signature: str | None
     keras_model: object | None = None
+    unsafe_load: bool = False
 
 
 @contextlib.contextmanager
@@ -143,11 +152,35 @@ def _resolve_saved_model_dir(path: Path) -> Path | None:
     return None
 
 
-def _load_saved_model_object(directory: Path):
-    """``tf.saved_model.load(directory)`` with loader errors turned into TfmiError."""
+def _load_saved_model_object(directory: Path, unsafe_load: bool = False):
+    """``tf.saved_model.load`` of ``directory`` after `model_safety` checked its graph.
+
+    The graph is read once: the inspected bytes are written to a private directory beside links to
+    the SavedModel's variables and assets, and loaded from there, so the file cannot change between
+    the check and the load.
+    """
+    if unsafe_load:
+        return _tf_saved_model_load(directory, directory)
+    try:
+        graph = (directory / SAVED_MODEL_FILE).read_bytes()
+    except OSError as error:
+        raise TfmiError(f"cannot read SavedModel {directory}: {error.strerror or error}") from None
+    problems = model_safety.problems_in_saved_model(directory, graph)
+    if problems:
+        raise model_safety.refusal(directory, problems)
+    with tempfile.TemporaryDirectory(prefix="tfmi-model-") as private:
+        private = Path(private)
+        (private / SAVED_MODEL_FILE).write_bytes(graph)
+        for entry in directory.iterdir():
+            if entry.name != SAVED_MODEL_FILE:
+                (private / entry.name).symlink_to(entry.resolve())
+        return _tf_saved_model_load(private, directory)
+
+
+def _tf_saved_model_load(source: Path, directory: Path):
     try:
         with _quiet_tf_logging():
-            return tf.saved_model.load(str(directory))
+            return tf.saved_model.load(str(source))
     except _LOADER_ERRORS as error:
         raise TfmiError(
             f"cannot load SavedModel {directory}: {_first_line(error)} "
@@ -165,7 +198,7 @@ def _check_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def list_signatures(path: str | os.PathLike) -> dict[str, str]:
+def list_signatures(path: str | os.PathLike, *, unsafe_load: bool = False) -> dict[str, str]:
     """Signature keys of the SavedModel at ``path`` mapped to a one-line description of each.
 
     >>> import tempfile
@@ -185,7 +218,7 @@ def list_signatures(path: str | os.PathLike) -> dict[str, str]:
         raise TfmiError(
             f"{path} is not a SavedModel directory (no {SAVED_MODEL_FILE}): only SavedModels have signatures"
         )
-    loaded = _load_saved_model_object(directory)
+    loaded = _load_saved_model_object(directory, unsafe_load)
     return {key: _describe_signature(fn) for key, fn in sorted(loaded.signatures.items())}
 
 
@@ -240,9 +273,9 @@ def _batched(call: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, where:
     return outputs
 
 
-def _load_saved_model(directory: Path, signature: str | None) -> LoadedModel:
+def _load_saved_model(directory: Path, signature: str | None, unsafe_load: bool) -> LoadedModel:
     """Load a SavedModel directory and wrap its chosen signature."""
-    loaded = _load_saved_model_object(directory)
+    loaded = _load_saved_model_object(directory, unsafe_load)
     key = _choose_signature(directory, loaded.signatures, signature)
     function = loaded.signatures[key]
     inputs, outputs = _signature_io(function)
@@ -299,25 +332,54 @@ def _load_saved_model(directory: Path, signature: str | None) -> LoadedModel:
         num_outputs=num_outputs,
         output_activation=None,
         signature=key,
+        unsafe_load=unsafe_load,
     )
 
 
-def _load_keras(path: Path, fmt: str) -> LoadedModel:
-    """Load a ``.keras`` or ``.h5`` file and wrap the model for inference."""
+def _read_keras_model(path: Path, fmt: str, unsafe_load: bool):
+    """Deserialize a Keras zip or HDF5 file once `model_safety` found nothing in it that runs code.
+
+    A zip is copied into a private directory (under the ``.keras`` name Keras requires) and both
+    checked and loaded there; an HDF5 file is opened once and the same handle is checked and loaded.
+    """
+    if fmt == "h5":
+        import h5py
+
+        try:
+            handle = h5py.File(path, "r")
+        except (OSError, ValueError) as error:
+            raise TfmiError(f"cannot load {path} as a Keras model: damaged HDF5 file ({error})") from None
+        with handle:
+            if not unsafe_load:
+                problems = model_safety.problems_in_keras_config(model_safety.hdf5_model_config(handle, path))
+                if problems:
+                    raise model_safety.refusal(path, problems)
+            return tf.keras.models.load_model(handle, compile=False)
+    with tempfile.TemporaryDirectory(prefix="tfmi-model-") as private:
+        copy = Path(private) / "model.keras"
+        try:
+            shutil.copyfile(path, copy)
+        except OSError as error:
+            raise TfmiError(f"cannot read model file {path}: {error.strerror or error}") from None
+        if not unsafe_load:
+            problems = model_safety.problems_in_keras_config(model_safety.keras_zip_config(copy))
+            if problems:
+                raise model_safety.refusal(path, problems)
+        return tf.keras.models.load_model(str(copy), compile=False, safe_mode=not unsafe_load)
+
+
+def _load_keras(path: Path, fmt: str, unsafe_load: bool = False) -> LoadedModel:
+    """Load a Keras zip or HDF5 file and wrap the model for inference."""
     try:
         with _quiet_tf_logging():
-            if fmt == "keras":
-                model = tf.keras.models.load_model(str(path), compile=False, safe_mode=True)
-            else:
-                model = tf.keras.models.load_model(str(path), compile=False)
+            model = _read_keras_model(path, fmt, unsafe_load)
     except _LOADER_ERRORS as error:
+        if isinstance(error, TfmiError):
+            raise
         message = _first_line(error)
         if "safe_mode" in str(error):
-            raise TfmiError(
-                f"refusing to load {path}: Keras safe_mode refused to deserialize code stored in the file "
-                f"(e.g. a Lambda layer): {message.split('. ')[0]}; re-save the model without Lambda layers "
-                "or export it as a SavedModel with `model.export(path)`"
-            ) from error
+            raise model_safety.refusal(path, [f"Keras safe_mode refused it: {message.split('. ')[0]}"]) \
+                from error
         raise TfmiError(
             f"cannot load {path} as a Keras model: {message} (is the file complete and "
             "written by tf.keras / Keras 2?)"
@@ -361,13 +423,19 @@ def _load_keras(path: Path, fmt: str) -> LoadedModel:
         output_activation=last_activation(model),
         signature=None,
         keras_model=model,
+        unsafe_load=unsafe_load,
     )
 
 
-def load_model(path: str | os.PathLike, signature: str | None = None) -> LoadedModel:
-    """Load the classifier at ``path`` (SavedModel dir, tfmi model dir, ``.keras`` or ``.h5`` file).
+def load_model(
+    path: str | os.PathLike, signature: str | None = None, *, unsafe_load: bool = False
+) -> LoadedModel:
+    """Load the classifier at ``path`` (SavedModel dir, tfmi model dir, Keras zip or HDF5 file).
 
-    ``signature`` picks a SavedModel signature key; by default ``serving_default``, or the only one.
+    The format comes from the content, not the name. ``signature`` picks a SavedModel signature key;
+    by default ``serving_default``, or the only one. A file whose loading or inference would run
+    Python code or touch files or the network is refused (see `tfmi.model_safety`);
+    ``unsafe_load=True`` skips those checks and must only be used on files you trust.
 
     >>> import tempfile
     >>> model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, activation="softmax")])
@@ -380,27 +448,21 @@ def load_model(path: str | os.PathLike, signature: str | None = None) -> LoadedM
     (5, 2)
     """
     path = _check_path(path)
-    if path.is_dir():
-        directory = _resolve_saved_model_dir(path)
+    fmt = model_safety.detect_format(path)
+    if fmt == "saved_model":
+        directory = _resolve_saved_model_dir(path) if path.is_dir() else path.parent
         if directory is None:
             raise TfmiError(
                 f"{path} is a directory but not a SavedModel (no {SAVED_MODEL_FILE} inside): give a "
                 "SavedModel directory, a tfmi model directory, a .keras or an .h5 file"
             )
-        return _load_saved_model(directory, signature)
-    if path.name == SAVED_MODEL_FILE:
-        return _load_saved_model(path.parent, signature)
-    suffix = path.suffix.lower()
-    if signature is not None and suffix in KERAS_SUFFIXES + H5_SUFFIXES:
+        return _load_saved_model(directory, signature, unsafe_load)
+    if signature is not None:
         raise TfmiError(
             f"--signature only applies to SavedModel directories, but {path} is a Keras file: "
             "drop --signature"
         )
-    if suffix in KERAS_SUFFIXES:
-        return _load_keras(path, "keras")
-    if suffix in H5_SUFFIXES:
-        return _load_keras(path, "h5")
-    raise TfmiError(f"{path} is not a model: give a SavedModel directory, a .keras or an .h5 file")
+    return _load_keras(path, fmt, unsafe_load)
 
 
 def check_output_width(loaded: LoadedModel, num_classes: int) -> None:
