@@ -13,6 +13,7 @@ import numpy as np
 
 from cli.options import data_dir_option
 from tfmi.errors import TfmiError
+from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_AUDITS_DIR = Path("audits")
 NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory written by `tfmi train`"
@@ -43,10 +44,12 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
               help="Zoo model for the shadows: mlp, cnn, alexnet or resnet20 [default: for a `tfmi "
                    "train` directory its model, else mlp for flat features, cnn for images].")
 @click.option("--shadow-epochs", type=int, default=None,
-              help="[default: a `tfmi train` directory's epochs, else 30].")
-@click.option("--shadow-batch-size", type=int, default=None, help="[default: as recorded, else 64].")
+              help=f"[default: a `tfmi train` directory's epochs, else {TRAIN_DEFAULTS['epochs']}].")
+@click.option("--shadow-batch-size", type=int, default=None,
+              help=f"[default: as recorded, else {TRAIN_DEFAULTS['batch_size']}].")
 @click.option("--shadow-lr", type=float, default=None,
-              help="Shadows' learning rate [default: as recorded, else 1e-3].")
+              help="Shadows' learning rate "
+                   f"[default: as recorded, else {TRAIN_DEFAULTS['learning_rate']:g}].")
 @click.option("--shadow-defense", type=click.Choice(["recorded", "none"]), default="recorded",
               show_default=True,
               help="For a `tfmi train` directory: train the shadows with the target's recorded defense "
@@ -57,13 +60,19 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
               help="Bootstrap resamples for confidence intervals (0: none).")
 @click.option("--flip", is_flag=True, help="Add horizontally flipped images as a second LiRA query.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the shadows and attack models.")
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS["seed"], show_default=True,
+              help="Seeds the shadows and attack models.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: audits/<model name>].")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing `tfmi audit` output (never a folder tfmi did not write).")
+@click.option("--unsafe-load", is_flag=True,
+              help="DANGEROUS: skip the checks that stop a model file from running code on this machine "
+                   "(Lambda layers, classes from other modules, SavedModel ops that touch files, network or "
+                   "Python). Only for files you trust as you trust a script; recorded in the report.")
 def audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks, num_shadows,
           shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadow_defense, per_class,
-          learned_classifier, bootstrap, flip, seed, out, force) -> None:
+          learned_classifier, bootstrap, flip, seed, out, force, unsafe_load) -> None:
     """Audit MODEL for membership leakage and write a report (report.json, report.md, roc.png, signals.png).
 
     MODEL is a SavedModel directory, a `tfmi train` model directory, or a .keras / .h5 file. The
@@ -71,12 +80,11 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     dataset and recorded split. Oracle rows in the report are upper bounds: their thresholds are
     chosen with the true membership labels.
     """
-    from tfmi.artifacts import check_output_dir
     from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, parse_attacks
-    from tfmi.model_loading import load_model
-    from tfmi.models import check_model_name
+    from tfmi.safe_write import check_output_dir, output_lock
     from tfmi.training import TrainConfig
 
+    # every option is checked before the model is read and long before any shadow training
     requested = parse_attacks(attacks)
     explicit = attacks.strip() != "all"
     if num_shadows == 0 and explicit:
@@ -88,12 +96,31 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
                         "pass --shadows 2 or more")
     if (members is None) != (non_members is None):
         raise TfmiError(f"--members and --non-members go together: {NO_DATA_MESSAGE}")
-    out = Path(out) if out is not None else DEFAULT_AUDITS_DIR / (model.stem or "model")
-    # an existing empty directory is no one's work: replacing it needs no --force
-    replace = force or (out.is_dir() and not any(out.iterdir()))
-    check_output_dir(out, replace)
+    given = {k: v for k, v in (("epochs", shadow_epochs), ("batch_size", shadow_batch_size),
+                               ("learning_rate", shadow_lr)) if v is not None}
+    TrainConfig(shadow_model or "mlp", seed=seed, **given)  # shadow options, checked even without shadows
+    if shadow_model is not None:
+        from tfmi.models import check_model_name
 
-    loaded = load_model(model, signature)
+        check_model_name(shadow_model)
+    out = Path(out) if out is not None else DEFAULT_AUDITS_DIR / (model.stem or "model")
+    check_output_dir(out, "audit", force=force)
+    with output_lock(out):
+        _audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks,
+               num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap,
+               flip, seed, out, force, unsafe_load)
+
+
+def _audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks, num_shadows,
+           shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap, flip, seed, out,
+           force, unsafe_load) -> None:
+    from tfmi.model_loading import load_model
+    from tfmi.models import check_model_name
+    from tfmi.training import TrainConfig
+
+    if unsafe_load:
+        click.echo("Warning: --unsafe-load: the model file's own code may run on this machine", err=True)
+    loaded = load_model(model, signature, unsafe_load=unsafe_load)
     if members is not None:
         data, member_idx, non_member_idx, source = _data_from_files(
             loaded, members, non_members, label_column)
@@ -107,24 +134,27 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
 
     shadow_config = None
     if num_shadows:
-        # shadows are trained the way the target was, where its sidecar says how
-        shadow_model = check_model_name(shadow_model or recorded.get("model") or data.default_model)
-        shadow_epochs = shadow_epochs or recorded.get("epochs") or 30
+        # shadows are trained the way the target was, where its sidecar says how; else TrainConfig's defaults
+        settings = {k: v for k, v in recorded.items()
+                    if k in ("epochs", "batch_size", "learning_rate", "optimizer") and v is not None}
         shadow_config = TrainConfig(
-            shadow_model, epochs=shadow_epochs,
-            batch_size=shadow_batch_size or recorded.get("batch_size") or 64,
-            learning_rate=shadow_lr or recorded.get("learning_rate") or 1e-3,
-            optimizer=recorded.get("optimizer") or "adam", seed=seed)
+            check_model_name(shadow_model or recorded.get("model") or data.default_model),
+            **(settings | given), seed=seed)
+        from tfmi.training import check_batch_size
+
+        check_batch_size(shadow_config.batch_size, (len(member_idx) + len(non_member_idx)) // 2,
+                         option="--shadow-batch-size")
+    shadow_epochs = shadow_config.epochs if shadow_config else None
     defense = recorded.get("defense") if shadow_defense == "recorded" else None
+    warnings = _overlap_warnings(data, member_idx, non_member_idx)
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
 
     target = loaded.keras_model if loaded.keras_model is not None else loaded.predict
     from tfmi.attacks.signals import compute_signals, model_outputs
 
     x_eval = data.x[np.concatenate([member_idx, non_member_idx])]
     y_eval = data.y[np.concatenate([member_idx, non_member_idx])]
-    if loaded.num_outputs is None:
-        width = model_outputs(target, x_eval[:1], outputs="logits").num_classes
-        _check_width(width, data.num_classes, loaded.path)
     target_outputs = model_outputs(target, x_eval, outputs=outputs)
     signals = compute_signals(target_outputs, y_eval)
 
@@ -165,7 +195,9 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
         "loaded_from": loaded.path,
         "format": loaded.format,
         "signature": loaded.signature,
+        "unsafe_load": loaded.unsafe_load,
         "outputs": report.output_kind,
+        "warnings": warnings,
         "data": source,
         "shadow_model": shadow_config.model if shadow_config else None,
         "shadow_training": shadow_config.to_dict() if shadow_config else None,
@@ -186,9 +218,9 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     plots = {"ROC curves": "roc.png", "Member vs non-member signals": "signals.png"}
     name = Path(loaded.path).name
 
-    from tfmi.artifacts import atomic_directory
+    from tfmi.safe_write import atomic_directory
 
-    with atomic_directory(out, replace) as staging:
+    with atomic_directory(out, "audit", force=force) as staging:
         (staging / "report.json").write_text(
             json.dumps({"meta": meta, "report": report.to_dict()}, indent=2) + "\n")
         (staging / "report.md").write_text(audit_markdown(report, meta, plots))
@@ -203,12 +235,6 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     click.echo(f"saved      {out}/ (report.json, report.md, roc.png, signals.png)")
 
 
-def _check_width(width: int, num_classes: int, path: str) -> None:
-    if width != num_classes:
-        raise TfmiError(f"the model outputs {width} scores per example but the data has {num_classes} "
-                        f"classes: {path} was not trained on these labels")
-
-
 def _check_input_shape(loaded, shape: tuple[int, ...]) -> None:
     expected = loaded.input_shape
     if expected is None:
@@ -219,16 +245,42 @@ def _check_input_shape(loaded, shape: tuple[int, ...]) -> None:
 
 
 def _data_from_files(loaded, members: Path, non_members: Path, label_column: str):
-    """One Dataset of members then non-members, labelled for the model's output width."""
-    from tfmi.audit import combine_members
-    from tfmi.data.files import load_file
+    """One Dataset of members then non-members, labels checked against the model's class count.
 
-    m = load_file(members, label_column=label_column)
-    n = load_file(non_members, label_column=label_column)
+    Each file may hold any part of the data (one record, one class, no class 0): only together, and
+    against the model's output width, must the labels make sense.
+    """
+    from tfmi.attacks.signals import model_outputs
+    from tfmi.audit import combine_members
+    from tfmi.data.dataset import check_features
+    from tfmi.data.files import read_arrays
+
+    m = read_arrays(members, label_column=label_column)
+    n = read_arrays(non_members, label_column=label_column)
+    width = loaded.num_outputs
+    if width is None:  # a SavedModel whose signature does not say: ask the model
+        first = check_features(m[0], f"members ({members})")[:1]
+        _check_input_shape(loaded, first.shape[1:])
+        width = model_outputs(loaded.predict, first, outputs="logits").num_classes
     data, member_idx, non_member_idx = combine_members(
-        (m.x, m.y), (n.x, n.y), loaded.num_outputs,
-        names=(f"members ({members})", f"non-members ({non_members})"))
+        m, n, width, names=(f"members ({members})", f"non-members ({non_members})"))
     return data, member_idx, non_member_idx, f"{members} + {non_members}"
+
+
+def _overlap_warnings(data, member_idx: np.ndarray, non_member_idx: np.ndarray) -> list[str]:
+    """A warning when members and non-members share records: the attacks then measure little."""
+    def keys(idx):
+        rows = np.ascontiguousarray(data.x[idx].reshape(len(idx), -1))
+        return {row.tobytes() + int(label).to_bytes(8, "little") for row, label in zip(rows, data.y[idx],
+                                                                                         strict=True)}
+
+    shared = keys(member_idx) & keys(non_member_idx)
+    if not shared:
+        return []
+    share = len(shared) / max(1, min(len(set(keys(member_idx))), len(set(keys(non_member_idx)))))
+    return [f"{len(shared)} distinct records ({share:.0%} of the smaller set) are both members and "
+            "non-members: an attack cannot tell them apart, so the results understate the leak; "
+            "check the --members and --non-members files"]
 
 
 def _data_from_model_dir(model: Path, data_dir: str | None):
@@ -259,7 +311,7 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
     if records is not None and int(records) != len(data):
         raise TfmiError(f"{model} was trained on {records} records of {name!r} but the dataset found now has "
                         f"{len(data)}: point --data-dir at the data it was trained on")
-    split = MembershipSplit.load(split_file)
+    split = MembershipSplit.load(split_file, num_records=len(data))
     return data, split.members, split.non_members, f"{data.name} (split of {model.name})", outputs, recorded
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cli.options import data_dir_option, defense_parameter_options, defense_parameters
+from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_DEFENSES = "none,mmd-mixup,dp-sgd"
 DEFAULT_OUT = Path("tfmi-benchmarks")
@@ -20,6 +21,8 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
 @click.option("--dataset", default="digits", show_default=True,
               help="Dataset name (see `tfmi datasets`) or path to a .npz/.csv file.")
 @data_dir_option
+@click.option("--label-column", default="label", show_default=True,
+              help="Label column of a .csv dataset.")
 @click.option("--model", "model_name", default=None,
               help="mlp, cnn, alexnet or resnet20 [default: the dataset's usual model].")
 @click.option("--defenses", default=DEFAULT_DEFENSES, show_default=True,
@@ -32,9 +35,11 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
               help="Shadow models per cell, trained like the target (0: oracle threshold attacks only).")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Seeds 0..N-1; each draws its own split and initialization.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
+@click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
+              show_default=True,
+              help="Learning rate.")
 @click.option("--target-size", type=int, default=None,
               help="Members (and as many non-members) [default: per dataset].")
 @click.option("--reference-size", type=int, default=None,
@@ -42,10 +47,11 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help=f"Output directory [default: {DEFAULT_OUT}/<dataset>-<model>]. Finished cells are "
                    "cached there: re-running the same command continues where it stopped.")
-@click.option("--force", is_flag=True, help="Discard results of a different benchmark in --out.")
+@click.option("--force", is_flag=True,
+              help="Discard results of a different benchmark in --out (only what tfmi wrote there).")
 @defense_parameter_options
-def benchmark(dataset, data_dir, model_name, defenses, attacks, num_shadows, seeds, epochs, batch_size,
-              learning_rate, target_size, reference_size, out, force, **defense_values) -> None:
+def benchmark(dataset, data_dir, label_column, model_name, defenses, attacks, num_shadows, seeds, epochs,
+              batch_size, learning_rate, target_size, reference_size, out, force, **defense_values) -> None:
     """Compare defenses against membership-inference attacks: one row per defense.
 
     For each defense and seed: train the target on the split's members, train the shadow models the
@@ -55,44 +61,51 @@ def benchmark(dataset, data_dir, model_name, defenses, attacks, num_shadows, see
     """
     from tfmi.attacks.suite import parse_attacks
     from tfmi.benchmark import BenchmarkSpec, CellStore, data_fingerprint
-    from tfmi.data import load_dataset
+    from tfmi.data import load_dataset, membership_split
     from tfmi.defenses.config import DefenseConfig
     from tfmi.errors import TfmiError
     from tfmi.models import check_model_name
-    from tfmi.training import TrainConfig
+    from tfmi.safe_write import check_output_dir, output_lock
+    from tfmi.training import TrainConfig, check_batch_size
 
+    # every option is checked before the data is read, and all of them before --out is touched
     if seeds < 1:
         raise TfmiError(f"--seeds must be at least 1, got {seeds}")
     parameters = defense_parameters(defense_values)
     defense_configs = tuple(DefenseConfig(name.strip(), **parameters)
                             for name in defenses.split(",") if name.strip())
     chosen_attacks = parse_attacks(attacks)
-    data = load_dataset(dataset, data_dir)
+    TrainConfig(model_name or "mlp", epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                seed=seeds - 1)
+    if out is not None:
+        check_output_dir(out, "benchmark", force=force, reuse=True)
+    data = load_dataset(dataset, data_dir, label_column=label_column)
     model_name = check_model_name(model_name or data.default_model)
     spec = BenchmarkSpec(
         dataset=data.name, data_fingerprint=data_fingerprint(data),
         train=TrainConfig(model_name, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
         defenses=defense_configs, seeds=tuple(range(seeds)), attacks=chosen_attacks,
-        num_shadows=num_shadows, target_size=target_size or data.default_target_size,
+        num_shadows=num_shadows, target_size=data.default_target_size if target_size is None else target_size,
         reference_size=reference_size,
     )
-    if 2 * spec.target_size > len(data):
-        raise TfmiError(f"target size {spec.target_size} needs {2 * spec.target_size} records but "
-                        f"{data.name} has {len(data)}: use --target-size {len(data) // 2} or less")
-    out = out or DEFAULT_OUT / f"{data.name}-{model_name}"
-    store = CellStore(out)
-    store.open(spec, force=force)
-
-    cells = spec.cells()
-    records = {c.key(): store.load(c) for c in cells}
-    todo = [c for c in cells if records[c.key()] is None]
-    names = ", ".join(d.name for d in defense_configs)
-    click.echo(f"benchmark {data.name} ({len(data)} records), {model_name}, {epochs} epochs; defenses "
-               f"{names}; {seeds} seed(s); {num_shadows} shadows per cell")
-    click.echo(f"cells     {len(cells)} ({len(cells) - len(todo)} cached in {out}, {len(todo)} to run)")
-    if todo:
-        _run_cells(data, todo, store, records, num_shadows)
-    _finish(spec, [records[c.key()] for c in cells], out)
+    for seed in spec.seeds:  # the split's own checks (sizes), for every seed, before any training
+        membership_split(data.y, spec.target_size, spec.reference_size, seed=seed)
+    check_batch_size(batch_size, spec.target_size)
+    out = check_output_dir(out or DEFAULT_OUT / f"{data.name}-{model_name}", "benchmark", force=force,
+                           reuse=True)
+    with output_lock(out):
+        store = CellStore(out)
+        store.open(spec, force=force)
+        cells = spec.cells()
+        records = {c.key(): store.load(c) for c in cells}
+        todo = [c for c in cells if records[c.key()] is None]
+        names = ", ".join(d.name for d in defense_configs)
+        click.echo(f"benchmark {data.name} ({len(data)} records), {model_name}, {epochs} epochs; defenses "
+                   f"{names}; {seeds} seed(s); {num_shadows} shadows per cell")
+        click.echo(f"cells     {len(cells)} ({len(cells) - len(todo)} cached in {out}, {len(todo)} to run)")
+        if todo:
+            _run_cells(data, todo, store, records, num_shadows)
+        _finish(spec, [records[c.key()] for c in cells], store)
 
 
 def _run_cells(data, todo, store, records, num_shadows) -> None:
@@ -126,7 +139,7 @@ def _run_cells(data, todo, store, records, num_shadows) -> None:
         raise click.exceptions.Exit(130) from None
 
 
-def _finish(spec, records, out: Path) -> None:
+def _finish(spec, records, store) -> None:
     from tfmi.attacks.suite import AttackReport
     from tfmi.benchmark import (
         ATTACK_HEADERS,
@@ -137,8 +150,10 @@ def _finish(spec, records, out: Path) -> None:
     )
     from tfmi.environment import library_versions
     from tfmi.plots import PrivacyUtilityPoint, plot_privacy_utility, plot_roc
-    from tfmi.report import format_table, write_text_atomic
+    from tfmi.report import format_table
+    from tfmi.safe_write import write_text_atomic
 
+    out = store.out
     rows = summarize(records)
     summary = summary_table_rows(rows)
     attack_rows = attack_table_rows(rows)
@@ -181,6 +196,7 @@ def _finish(spec, records, out: Path) -> None:
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, plots))
+    store.record_written(["results.json", "results.md", *plots.values()])
     click.echo(f"\nsaved     {out}/ (results.md, results.json, {', '.join(plots.values())})")
 
 

@@ -13,36 +13,38 @@ data_dir_option = click.option(
 
 
 def _defense_option(flag: str, field: str, kind, help_text: str, **kwargs):
-    return click.option(flag, field, type=kind, default=None, help=help_text, **kwargs)
+    from tfmi.defenses.config import DefenseConfig
+
+    full_help = f"{help_text} [default: {DefenseConfig.default_text(field)}]."
+    return click.option(flag, field, type=kind, default=None, help=full_help, **kwargs)
 
 
-# (flag, DefenseConfig field, type, help); unset options keep DefenseConfig's defaults
+# (flag, DefenseConfig field, type, help); unset options keep DefenseConfig's defaults, which the help
+# states from DefenseConfig itself
 DEFENSE_OPTIONS = [
-    ("--mmd-weight", "mmd_weight", float,
-     "MMD weight lambda (mmd, mmd-mixup) [default: 6.5 for the paper schedule, 1.0 for joint]."),
+    ("--mmd-weight", "mmd_weight", float, "MMD weight lambda (mmd, mmd-mixup)"),
     ("--mmd-schedule", "mmd_schedule", click.Choice(["paper", "joint"]),
-     "paper: CE pass then an MMD-only pass per epoch (the authors'); joint: one summed step [paper]."),
+     "paper: CE pass then an MMD-only pass per epoch (the authors'); joint: one summed step"),
     ("--mmd-bandwidth", "mmd_bandwidths", float,
-     "Gaussian kernel bandwidth; repeat for a sum of kernels [1.0]."),
-    ("--gap-threshold", "gap_threshold", float,
-     "Train/reference accuracy gap that switches MMD on [0.03]."),
-    ("--mixup-alpha", "mixup_alpha", float, "Mixup Beta(alpha, alpha) (mixup, mmd-mixup) [1.0]."),
-    ("--l2", "l2", float, "Weight decay coefficient (l2) [1e-3]."),
-    ("--dropout", "dropout", float, "Dropout rate (dropout) [0.5]."),
-    ("--label-smoothing", "label_smoothing", float, "Label smoothing epsilon (label-smoothing) [0.1]."),
+     "Gaussian kernel bandwidth; repeat for a sum of kernels"),
+    ("--gap-threshold", "gap_threshold", float, "Train/reference accuracy gap that switches MMD on"),
+    ("--mixup-alpha", "mixup_alpha", float, "Mixup Beta(alpha, alpha) (mixup, mmd-mixup)"),
+    ("--l2", "l2", float, "Weight decay coefficient (l2)"),
+    ("--dropout", "dropout", float, "Dropout rate (dropout)"),
+    ("--label-smoothing", "label_smoothing", float, "Label smoothing epsilon (label-smoothing)"),
     ("--patience", "patience", int,
-     "Epochs without improvement of the reference-set loss before stopping (early-stopping) [5]."),
-    ("--l2-norm-clip", "l2_norm_clip", float, "Per-example gradient clip norm (dp-sgd) [1.0]."),
-    ("--noise-multiplier", "noise_multiplier", float, "Gaussian noise multiplier (dp-sgd) [1.0]."),
+     "Epochs without improvement of the reference-set loss before stopping (early-stopping)"),
+    ("--l2-norm-clip", "l2_norm_clip", float, "Per-example gradient clip norm (dp-sgd)"),
+    ("--noise-multiplier", "noise_multiplier", float, "Gaussian noise multiplier (dp-sgd)"),
     ("--target-epsilon", "target_epsilon", float,
-     "Find the noise multiplier that spends this epsilon (dp-sgd; instead of --noise-multiplier)."),
-    ("--delta", "delta", float, "DP delta (dp-sgd) [min(1e-5, 1/(10 n))]."),
-    ("--microbatches", "microbatches", int, "Microbatches per batch (dp-sgd; must divide the batch size)."),
+     "Find the noise multiplier that spends this epsilon (dp-sgd; instead of --noise-multiplier)"),
+    ("--delta", "delta", float, "DP delta (dp-sgd)"),
+    ("--microbatches", "microbatches", int, "Microbatches per batch (dp-sgd; must divide the batch size)"),
     ("--dp-path", "dp_path", click.Choice(["auto", "fast", "vectorized", "microbatched"]),
-     "tensorflow-privacy implementation (dp-sgd) [auto: the fastest that supports the model]."),
-    ("--adv-weight", "adv_weight", float, "Adversarial regularization weight lambda (advreg) [1.0]."),
-    ("--attack-steps", "attack_steps", int, "Inference-model steps per classifier step (advreg) [1]."),
-    ("--relax-alpha", "relax_alpha", float, "Target loss level alpha (relaxloss) [1.0]."),
+     "tensorflow-privacy implementation (dp-sgd; auto: the fastest that supports the model)"),
+    ("--adv-weight", "adv_weight", float, "Adversarial regularization weight lambda (advreg)"),
+    ("--attack-steps", "attack_steps", int, "Inference-model steps per classifier step (advreg)"),
+    ("--relax-alpha", "relax_alpha", float, "Target loss level alpha (relaxloss)"),
 ]
 
 

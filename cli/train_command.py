@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from cli.options import data_dir_option, defense_from_options, defense_options
+from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_MODELS_DIR = Path("saved_models")
 
@@ -22,11 +23,12 @@ DEFAULT_MODELS_DIR = Path("saved_models")
               help="Label column of a .csv dataset.")
 @click.option("--model", "model_name", default=None,
               help="mlp, cnn, alexnet or resnet20 [default: the dataset's usual model].")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True,
+@click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
+@click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
+              show_default=True,
               help="Adam learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS["seed"], show_default=True,
               help="Seeds the membership split and training.")
 @click.option("--target-size", type=int, default=None,
               help="Members (and as many non-members) [default: per dataset, e.g. 1500 on location30].")
@@ -35,7 +37,8 @@ DEFAULT_MODELS_DIR = Path("saved_models")
                    "[default: min(target size, half the rest)].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: saved_models/<dataset>-<model>-<defense>-seed<seed>].")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing `tfmi train` output (never a folder tfmi did not write).")
 @defense_options
 def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learning_rate, seed,
           target_size, reference_size, out, force, defense, **defense_values) -> None:
@@ -44,21 +47,37 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     With --defense, the model is trained with a membership-inference defense; its parameters are
     recorded in the sidecar (for dp-sgd with the achieved epsilon and delta).
     """
-    from tfmi.artifacts import check_output_dir, write_model_dir
     from tfmi.data import load_dataset, membership_split
-    from tfmi.environment import library_versions
     from tfmi.models import check_model_name
-    from tfmi.training import TrainConfig, train_target
+    from tfmi.safe_write import check_output_dir, output_lock
+    from tfmi.training import TrainConfig, check_batch_size
 
+    # every option is checked before the data is read and long before any training
+    defense_config = defense_from_options(defense, defense_values)
+    TrainConfig(model_name or "mlp", epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                seed=seed)
+    if out is not None:
+        check_output_dir(out, "train", force=force)
     data = load_dataset(dataset, data_dir, label_column=label_column)
     model_name = check_model_name(model_name or data.default_model)
     config = TrainConfig(model_name, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, seed=seed)
-    defense_config = defense_from_options(defense, defense_values)
-    target_size = target_size or data.default_target_size
+    target_size = data.default_target_size if target_size is None else target_size
     split = membership_split(data.y, target_size, reference_size, seed=seed)
+    check_batch_size(batch_size, len(split.members))
     default_out = DEFAULT_MODELS_DIR / f"{data.name}-{model_name}-{defense_config.name}-seed{seed}"
-    out = check_output_dir(out or default_out, force)
+    out = check_output_dir(out or default_out, "train", force=force)
+    with output_lock(out):
+        _train_and_save(data, split, config, defense_config, label_column, dataset, out, force)
+
+
+def _train_and_save(data, split, config, defense_config, label_column, dataset, out, force) -> None:
+    from tfmi.artifacts import write_model_dir
+    from tfmi.environment import library_versions
+    from tfmi.training import train_target
+
+    model_name, seed = config.model, config.seed
+    epochs, batch_size, learning_rate = config.epochs, config.batch_size, config.learning_rate
 
     sizes = split.sizes()
     click.echo(f"dataset  {data.name} from {data.source}: {len(data)} records, "

@@ -83,7 +83,8 @@ def saved_audit(trained, tmp_path_factory):
 
 def test_audit_of_a_plain_saved_model_writes_every_file(trained, saved_audit):
     out, output = saved_audit
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "roc.png", "signals.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".tfmi-output", "report.json", "report.md", "roc.png", "signals.png"]
     saved = load_report(out)
     report = saved["report"]
     rows = {(r["attack"], r["threshold_source"]) for r in report["results"]}
@@ -214,12 +215,17 @@ def test_existing_output_is_refused_then_replaced_with_force(trained, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     args = ["audit", trained / "saved", *data_args(trained), "--attacks", "gap", "--out", out]
+    for extra in ([], ["--force"]):  # a folder tfmi did not write is never replaced
+        refused = run([*args, *extra])
+        assert refused.exit_code == 2 and refused.stderr.count("Error:") == 1
+        assert "not written by tfmi" in refused.stderr and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run(args).exit_code == 0  # an empty folder is no one's work
     refused = run(args)
-    assert refused.exit_code == 2 and refused.stderr.count("Error:") == 1
-    assert "already exists" in refused.stderr and (out / "keep.txt").exists()
+    assert refused.exit_code == 2 and "already exists" in refused.stderr
     replaced = run([*args, "--force"])
     assert replaced.exit_code == 0, replaced.output
-    assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+    assert (out / "report.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

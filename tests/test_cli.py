@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from tests.fixtures import write_tgz
 from tfmi.data import MembershipSplit, load_dataset, membership_split
-from tfmi.training import accuracy
+from tfmi.inference import accuracy
 
 
 def run(args, **kwargs):
@@ -32,7 +32,8 @@ def digits_model(tmp_path_factory):
 
 def test_train_writes_every_artifact_and_a_complete_sidecar(digits_model):
     out, output = digits_model
-    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "saved_model", "split.npz", "tfmi.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".tfmi-output", "model.keras", "saved_model", "split.npz", "tfmi.json"]
     sidecar = json.loads((out / "tfmi.json").read_text())
     assert sidecar["dataset"]["name"] == "digits" and sidecar["dataset"]["num_classes"] == 10
     assert sidecar["model"] == {"name": "cnn", "outputs": "logits"}
@@ -79,12 +80,17 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     args = ["train", "--dataset", "digits", "--epochs", "1", "--target-size", "100", "--out", str(out)]
+    for extra in ([], ["--force"]):  # a folder tfmi did not write is never replaced
+        refused = run([*args, *extra])
+        assert refused.exit_code == 2 and "not written by tfmi" in refused.stderr
+        assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run(args).exit_code == 0
     refused = run(args)
     assert refused.exit_code == 2 and "already exists" in refused.stderr
-    assert (out / "keep.txt").exists()
-    replaced = run([*args, "--force"])
+    replaced = run([*args, "--force", "--seed", "2"])
     assert replaced.exit_code == 0
-    assert not (out / "keep.txt").exists() and (out / "tfmi.json").exists()
+    assert json.loads((out / "tfmi.json").read_text())["training"]["seed"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging or retired copies left
 
 
@@ -93,9 +99,10 @@ def test_a_failure_while_saving_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(tf.keras.Model, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        run(["train", "--dataset", "digits", "--epochs", "1", "--target-size", "100",
-             "--out", str(tmp_path / "m")])
+    result = run(["train", "--dataset", "digits", "--epochs", "1", "--target-size", "100",
+                  "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and result.stderr.count("Error:") == 1
+    assert "cannot write" in result.stderr and "disk full" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,63 +8,25 @@ Layout of ``<out>/``::
     tfmi.json      sidecar: dataset, model, training config, split, accuracies, versions, command
 
 Everything is written into a hidden temporary sibling first and renamed into place when complete,
-so an interrupted run never leaves a half-written ``<out>``.
+so an interrupted or failed run never leaves a half-written ``<out>`` (see `tfmi.safe_write`, which
+also decides what ``--force`` may replace).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from tfmi.data.splits import MembershipSplit
 from tfmi.errors import TfmiError
+from tfmi.inference import export_saved_model
+from tfmi.safe_write import atomic_directory, write_error
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
 SPLIT_FILE = "split.npz"
 SIDECAR_FILE = "tfmi.json"
-
-
-def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an existing output path unless ``force``; return it as a Path (call before training)."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise TfmiError(f"output {out} already exists: choose another --out or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise TfmiError(f"output {out} exists and is not a directory: choose another --out")
-    return out
-
-
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``out`` only if the block completes."""
-    out = check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(retired / out.name)
-            staging.rename(out)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def export_saved_model(model, path: str | os.PathLike) -> None:
-    """Export a Keras model as an inference SavedModel (signature ``serving_default``), silently."""
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint listing
-        model.export(str(path))
 
 
 def write_model_dir(
@@ -75,18 +37,27 @@ def write_model_dir(
     *,
     force: bool = False,
 ) -> Path:
-    """Write SavedModel, ``.keras`` file, split indices and the JSON sidecar to ``out`` atomically."""
-    with atomic_directory(out, force) as staging:
-        export_saved_model(model, staging / SAVED_MODEL_DIR)
-        model.save(staging / KERAS_FILE)
-        split.save(staging / SPLIT_FILE)
-        record = {
-            **sidecar,
-            "files": {
-                "saved_model": SAVED_MODEL_DIR, "keras": KERAS_FILE, "split": SPLIT_FILE,
-            },
-        }
-        (staging / SIDECAR_FILE).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    """Write SavedModel, ``.keras`` file, split indices and the JSON sidecar to ``out`` atomically.
+
+    Call `tfmi.safe_write.check_output_dir` (kind ``"train"``) before training; a write that fails
+    here (disk full, file-size limit) raises `TfmiError` and leaves nothing behind.
+    """
+    import tensorflow as tf
+
+    with atomic_directory(out, "train", force=force) as staging:
+        try:
+            export_saved_model(model, staging / SAVED_MODEL_DIR)
+            model.save(staging / KERAS_FILE)
+            split.save(staging / SPLIT_FILE)
+            record = {
+                **sidecar,
+                "files": {
+                    "saved_model": SAVED_MODEL_DIR, "keras": KERAS_FILE, "split": SPLIT_FILE,
+                },
+            }
+            (staging / SIDECAR_FILE).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+        except (RuntimeError, tf.errors.OpError) as error:  # OSError is handled by atomic_directory
+            raise write_error(Path(out), error) from None
     return Path(out)
 
 

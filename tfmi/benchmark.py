@@ -19,11 +19,12 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +37,22 @@ from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, AttackReport
 from tfmi.data.dataset import Dataset
 from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
-from tfmi.report import write_text_atomic
+from tfmi.safe_write import (
+    add_to_marker,
+    check_output_dir,
+    legacy_marker,
+    read_marker,
+    write_marker,
+    write_text_atomic,
+)
 from tfmi.training import TrainConfig
 
 MANIFEST_FILE = "benchmark.json"
 CELLS_DIR = "cells"
 #: bumped when a cell's computation changes, so stale cached cells are not reused
 CELL_FORMAT = 1
+#: a cached cell's file name (written by `CellStore.save`), including its temporary files
+_CELL_FILE = re.compile(r"(\.)?[0-9a-f]{20}\.json(\.[^/]*\.tmp)?")
 
 
 def data_fingerprint(data: Dataset) -> str:
@@ -164,29 +174,55 @@ def run_cell(
 
 
 class CellStore:
-    """Finished cells of one benchmark under ``out/cells/<key>.json``, and the manifest beside them."""
+    """Finished cells of one benchmark under ``out/cells/<key>.json``, and the manifest beside them.
+
+    The folder is a tfmi output (see `tfmi.safe_write`): its marker lists what the benchmark wrote,
+    and ``force`` removes exactly those entries, nothing a user added.
+    """
 
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
         self.cells_dir = self.out / CELLS_DIR
 
     def open(self, spec: BenchmarkSpec, force: bool = False) -> None:
-        """Create the output, or check it holds this very benchmark (``force`` starts it afresh)."""
+        """Create the output, or check it holds this very benchmark (``force`` starts it afresh).
+
+        Call it with every option already validated and `output_lock` held on ``out``.
+        """
+        check_output_dir(self.out, "benchmark", force=force, reuse=True)
         manifest = self.out / MANIFEST_FILE
-        if self.out.exists() and not self.out.is_dir():
-            raise TfmiError(f"output {self.out} exists and is not a directory: choose another --out")
-        if self.out.exists() and any(self.out.iterdir()) and not force:
+        if self.out.exists() and any(self.out.iterdir()):
             stored = self._read_manifest(manifest)
             if stored != spec.to_dict():
-                what = _difference(stored, spec.to_dict()) if stored else "it is not a tfmi benchmark"
-                raise TfmiError(
-                    f"{self.out} holds results of a different benchmark ({what}): use another --out, "
-                    "or --force to discard them"
-                )
-        if force and self.out.exists():
-            shutil.rmtree(self.out)
+                if not force:
+                    what = _difference(stored, spec.to_dict()) if stored else "it holds no benchmark.json"
+                    raise TfmiError(
+                        f"{self.out} holds results of a different benchmark ({what}): use another --out, "
+                        "or --force to discard them"
+                    )
+                self._discard()
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(manifest, json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+        add_to_marker(self.out, "benchmark", [MANIFEST_FILE, CELLS_DIR])
+
+    def record_written(self, names: Sequence[str]) -> None:
+        """Note in the marker that the benchmark wrote ``names`` (results, plots) into ``out``."""
+        add_to_marker(self.out, "benchmark", names)
+
+    def _discard(self) -> None:
+        """Remove what the marker says this benchmark wrote; cells are only files named like keys."""
+        marker = read_marker(self.out) or legacy_marker(self.out, "benchmark") or {"written": []}
+        for name in marker["written"]:
+            path = self.out / name
+            if name == CELLS_DIR and path.is_dir() and not path.is_symlink():
+                for cell in path.iterdir():
+                    if _CELL_FILE.fullmatch(cell.name) and cell.is_file():
+                        cell.unlink()
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # kept if a user put something else there
+            elif path.is_file() or path.is_symlink():
+                path.unlink()
+        write_marker(self.out, "benchmark", [])
 
     @staticmethod
     def _read_manifest(path: Path) -> dict | None:

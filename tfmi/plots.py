@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tfmi.errors import TfmiError
-from tfmi.report import atomic_file
+from tfmi.safe_write import atomic_file
 
 if TYPE_CHECKING:  # Signals lives in a module that imports TensorFlow: keep this import cheap
     from matplotlib.figure import Figure

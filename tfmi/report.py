@@ -1,7 +1,7 @@
 """Text formatting of attack reports: terminal tables, markdown tables and the audit's report.md.
 
 Every function returns strings; nothing is printed. The generic helpers (`format_table`,
-`markdown_table`, `write_text_atomic`) know nothing about attacks and serve any tabular result.
+`markdown_table`) know nothing about attacks and serve any tabular result.
 Importing this module is cheap: TensorFlow is not loaded.
 
 Cells are rendered as given, except ``None`` (``"n/a"``); callers format their floats. A column whose
@@ -21,12 +21,9 @@ lira_online    n/a
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from tfmi.errors import TfmiError
 
@@ -36,7 +33,7 @@ if TYPE_CHECKING:  # the attack suite imports TensorFlow: keep this module cheap
 
 __all__ = [
     "ATTACK_COLUMNS", "attack_rows", "audit_markdown", "audit_summary_lines", "format_table",
-    "markdown_table", "write_text_atomic",
+    "markdown_table",
 ]
 
 MISSING = "n/a"
@@ -129,41 +126,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` (parent folders created); it replaces ``path`` only when
-    the block completes, and is removed otherwise. ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``.
-
-    >>> import tempfile
-    >>> with atomic_file(os.path.join(tempfile.mkdtemp(), "b.bin"), "wb") as handle:
-    ...     _ = handle.write(b"ok")
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            yield handle
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through `atomic_file`: the destination is either untouched or
-    the complete new text; parent folders are created.
-
-    >>> import tempfile
-    >>> out = write_text_atomic(os.path.join(tempfile.mkdtemp(), "sub", "t.txt"), "hello\\n")
-    >>> out.name, out.read_text()
-    ('t.txt', 'hello\\n')
-    """
-    with atomic_file(path) as handle:
-        handle.write(text)
-    return Path(path)
-
-
 # ------------------------------------------------------------------------------------------- audits
 
 
@@ -199,6 +161,8 @@ def _model_line(meta: Mapping) -> str:
     details = [str(meta["format"])] if meta.get("format") else []
     if meta.get("signature"):
         details.append(f"signature {meta['signature']}")
+    if meta.get("unsafe_load"):
+        details.append("LOADED WITH --unsafe-load: safety checks skipped")
     text = str(meta.get("model", "model"))
     return text + (f" ({', '.join(details)})" if details else "")
 
@@ -206,12 +170,13 @@ def _model_line(meta: Mapping) -> str:
 def audit_summary_lines(report: AttackReport, meta: Mapping) -> list[str]:
     """The audit's summary for a terminal or report, one fact per line.
 
-    ``meta`` may hold ``model`` (path), ``format``, ``signature`` and ``data`` (where the records
-    came from); missing keys are left out.
+    ``meta`` may hold ``model`` (path), ``format``, ``signature``, ``data`` (where the records
+    came from) and ``warnings`` (one line each); missing keys are left out.
     """
     lines = [f"model      {_model_line(meta)}, outputs {report.output_kind}"]
     data = f"{meta['data']}: " if meta.get("data") else ""
     lines.append(f"records    {data}{report.num_members} members, {report.num_non_members} non-members")
+    lines += [f"warning    {warning}" for warning in meta.get("warnings") or ()]
     lines.append(f"accuracy   train (members) {report.train_accuracy:.3f}, test (non-members) "
                  f"{report.test_accuracy:.3f}, gap {report.generalization_gap:.3f}")
     if report.num_shadows:

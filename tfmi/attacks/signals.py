@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from tfmi.data.dataset import check_features, check_labels
 from tfmi.errors import TfmiError
+from tfmi.inference import PREDICT_BATCH_SIZE, predict_in_batches
 from tfmi.outputs import OUTPUT_KINDS, last_activation, looks_like_probabilities
-from tfmi.training import PREDICT_BATCH_SIZE, predict_in_batches
 
 #: Probabilities are clipped to ``[PROBABILITY_EPS, 1 - PROBABILITY_EPS]`` before taking logs.
 PROBABILITY_EPS = 1e-12
@@ -149,7 +149,18 @@ def _resolve_kind(values: np.ndarray, declared: str, activation: str | None = No
             f"the model's last layer applies {activation!r}, so its outputs are not a class distribution: "
             "end it in a linear layer (logits) or a softmax, or pass outputs='logits'/'probabilities'"
         )
-    return "probabilities" if is_distribution else "logits"
+    if is_distribution:
+        return "probabilities"
+    inside = (values > 0) & (values < 1)
+    if values.shape[1] >= 2 and np.all((values >= 0) & (values <= 1)) and inside.mean() > 0.5:
+        sums = values.sum(axis=1)
+        raise TfmiError(
+            f"the model's outputs all lie in [0, 1] but their rows sum to {np.median(sums):.3g} (median), "
+            "not 1: sigmoids per class or several softmaxes are neither logits nor class probabilities; "
+            "export the logits or one softmax, or pass --outputs logits (outputs='logits') if they "
+            "are logits"
+        )
+    return "logits"
 
 
 def model_outputs(
@@ -161,8 +172,10 @@ def model_outputs(
     ``tf.saved_model.load`` returns; its ``serving_default`` signature is used) or a plain callable
     mapping a NumPy batch to an ``(n, num_classes)`` array. ``outputs="auto"`` reads a Keras model's
     last-layer activation (softmax: probabilities, linear: logits); otherwise rows that are
-    non-negative and sum to 1 are probabilities and anything else logits. ``"logits"`` or
-    ``"probabilities"`` declares the kind (declared probabilities must be a distribution).
+    non-negative and sum to 1 are probabilities, outputs that lie in [0, 1] (most of them strictly
+    inside) without summing to 1 are refused (sigmoids, several softmaxes), and anything else is
+    logits. ``"logits"`` or ``"probabilities"`` declares the kind (declared probabilities must be a
+    distribution).
 
     >>> out = model_outputs(lambda b: np.stack([b[:, 0], -b[:, 0]], axis=1), np.ones((5, 3)))
     >>> out.kind, out.values.shape
@@ -176,8 +189,10 @@ def model_outputs(
     if isinstance(model, tf.keras.Model):
         predict: Callable = model
         activation = last_activation(model)
+        _check_input_shape(_keras_input_shape(model), x)
     elif "serving_default" in (getattr(model, "signatures", None) or {}):
         predict = model.signatures["serving_default"]
+        _check_input_shape(_signature_input_shape(predict), x)
     elif callable(model):
         def predict(batch: tf.Tensor) -> Any:
             return model(batch.numpy())
@@ -193,6 +208,41 @@ def model_outputs(
             "row per example"
         )
     return ModelOutputs(values, _resolve_kind(values, outputs, activation))
+
+
+def _keras_input_shape(model: tf.keras.Model) -> tuple | None:
+    """The per-example input shape of a single-input Keras model; None when unknown."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError, RuntimeError):  # subclassed models never called on data
+        return None
+    if not isinstance(shape, tuple) or not all(d is None or isinstance(d, int) for d in shape):
+        return None  # several inputs: left to the model
+    return shape[1:]
+
+
+def _signature_input_shape(signature: Any) -> tuple | None:
+    """The per-example input shape of a one-input SavedModel signature; None when unknown."""
+    try:
+        specs = tf.nest.flatten(signature.structured_input_signature)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if len(specs) != 1 or not isinstance(specs[0], tf.TensorSpec) or specs[0].shape.rank is None:
+        return None
+    return tuple(specs[0].shape.as_list()[1:])
+
+
+def _check_input_shape(expected: tuple | None, x: np.ndarray) -> None:
+    """Refuse features whose per-example shape the model cannot take (None dimensions match any)."""
+    if expected is None:
+        return
+    got = tuple(x.shape[1:])
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got, strict=True)):
+        shown = tuple("any" if d is None else d for d in expected)
+        raise TfmiError(
+            f"the model takes inputs of shape {shown} per example but the data has {got}: attack it on "
+            "the dataset it was trained on"
+        )
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:

@@ -16,23 +16,32 @@ from tfmi.errors import TfmiError
 SUPPORTED_SUFFIXES = (".npz", ".csv")
 
 
+def read_arrays(path: Path, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """The raw features and labels of a user's ``.npz`` or ``.csv``, before any dataset-level check.
+
+    A file may hold part of a dataset (one class, one record): `load_file` checks it as a whole
+    dataset, an audit checks the labels against the model's class count instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TfmiError(f"data file {path} does not exist")
+    if path.suffix == ".npz":
+        return read_features_labels_npz(path)
+    if path.suffix == ".csv":
+        return _read_csv(path, label_column)
+    raise TfmiError(
+        f"{path}: unsupported file type {path.suffix!r}; give a .npz (x/y or features/labels) "
+        "or a .csv with a header"
+    )
+
+
 def load_file(path: Path, label_column: str = "label") -> Dataset:
-    """Load a user's ``.npz`` or ``.csv``; labels must be 0-based class indices.
+    """Load a user's ``.npz`` or ``.csv`` as a whole dataset; labels must be 0-based class indices.
 
     The CSV needs a header row; ``label_column`` names the label column, every other column is a
     numeric feature.
     """
-    if not path.is_file():
-        raise TfmiError(f"data file {path} does not exist")
-    if path.suffix == ".npz":
-        x, y = read_features_labels_npz(path)
-    elif path.suffix == ".csv":
-        x, y = _read_csv(path, label_column)
-    else:
-        raise TfmiError(
-            f"{path}: unsupported file type {path.suffix!r}; give a .npz (x/y or features/labels) "
-            "or a .csv with a header"
-        )
+    x, y = read_arrays(path, label_column)
     default_model = "mlp" if np.ndim(x) == 2 else "cnn"
     return make_dataset(
         x, y, name=path.stem, source=str(path), default_model=default_model,
