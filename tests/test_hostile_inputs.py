@@ -76,25 +76,16 @@ def _lambda_model(marker: Path) -> tf.keras.Model:
                                 tf.keras.layers.Dense(10)])
 
 
-class _WritesFile(tf.Module):
-    def __init__(self, marker: Path):
+class _ServesWithSideEffect(tf.Module):
+    """A SavedModel-able classifier whose serving signature also runs ``side_effect``'s ops."""
+
+    def __init__(self, side_effect: Callable[[], object]):
         super().__init__()
-        self.marker = str(marker)
+        self.side_effect = side_effect
 
     @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32)])
     def serve(self, x):
-        tf.io.write_file(self.marker, "pwned")
-        return {"logits": tf.concat([x[:, :5], -x[:, :5]], axis=1)}
-
-
-class _PrintsToFile(tf.Module):
-    def __init__(self, marker: Path):
-        super().__init__()
-        self.marker = str(marker)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32)])
-    def serve(self, x):
-        tf.print("pwned", output_stream=f"file://{self.marker}")
+        self.side_effect()
         return {"logits": tf.concat([x[:, :5], -x[:, :5]], axis=1)}
 
 
@@ -125,12 +116,13 @@ def hostile(tmp_path_factory):
                     "module": "os", "class_name": "function", "config": "system", "registered_name": None}
                 payload = json.dumps(config).encode()
             target.writestr(item, payload)
-    writer = _WritesFile(marker)
-    tf.saved_model.save(writer, str(folder / "writes_file"), signatures={"serving_default": writer.serve})
-    files["saved_model_write_file"] = folder / "writes_file"
-    printer = _PrintsToFile(marker)
-    tf.saved_model.save(printer, str(folder / "prints"), signatures={"serving_default": printer.serve})
-    files["saved_model_print_to_file"] = folder / "prints"
+    for name, side_effect in (
+        ("saved_model_write_file", lambda: tf.io.write_file(str(marker), "pwned")),
+        ("saved_model_print_to_file", lambda: tf.print("pwned", output_stream=f"file://{marker}")),
+    ):
+        module = _ServesWithSideEffect(side_effect)
+        tf.saved_model.save(module, str(folder / name), signatures={"serving_default": module.serve})
+        files[name] = folder / name
     marker.unlink()
     rng = np.random.default_rng(0)
     x, y = rng.random((40, 64)).astype("float32"), np.arange(40) % 10
@@ -168,6 +160,18 @@ def test_load_model_refuses_the_same_files(hostile, name, pattern):
         load_model(files[name])
     assert "\n" not in str(info.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["h5", "h5_renamed_keras", "saved_model_write_file"])
+def test_the_hostile_files_really_run_code_when_trusted(hostile, name):
+    """The refusals above guard something real: trusted, these files write the marker."""
+    folder, marker, files = hostile
+    try:
+        loaded = load_model(files[name], unsafe_load=True)
+        loaded.predict(np.load(folder / "members.npz")["x"])
+        assert marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def test_format_is_read_from_content_not_name(hostile, tmp_path):
