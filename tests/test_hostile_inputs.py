@@ -477,8 +477,16 @@ def _env() -> dict[str, str]:
     return env | {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def test_a_second_process_on_a_locked_out_fails_at_once(tmp_path):
+@pytest.mark.parametrize("command", ["train", "benchmark", "audit"])
+def test_a_second_process_on_a_locked_out_fails_at_once(hostile, tmp_path, command):
+    folder, _, _ = hostile
     out = tmp_path / "model"
+    args = {
+        "train": QUICK_TRAIN,
+        "benchmark": ["benchmark", "--epochs", "1", "--shadows", "0", "--attacks", "gap"],
+        "audit": ["audit", folder / "benign.keras", "--members", folder / "members.npz",
+                  "--non-members", folder / "non_members.npz"],
+    }[command]
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
@@ -490,7 +498,7 @@ def test_a_second_process_on_a_locked_out_fails_at_once(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
-        result = invoke([*QUICK_TRAIN, "--out", out])
+        result = invoke([*args, "--out", out])
         assert_refused(result, rf"{out} is being written by another tfmi process \(pid {holder.pid}\)")
         assert time.monotonic() - started < 30  # refused, not trained and then refused
     finally:
