@@ -216,10 +216,14 @@ def _markdown(spec, meta, summary, attack_rows, plots) -> str:
         "target (same model, training and defense) on random halves of its members and non-members.",
         "",
         "Values are mean ± sample standard deviation over seeds. *Best attack* is the realistic attack "
-        "(thresholds calibrated on shadow models, learned attack models, or LiRA) with the highest "
-        "membership advantage (max TPR - FPR). Rows marked *(oracle)* choose their threshold on the "
-        "target's own membership labels: an upper bound, not an attack. TPR at a fixed FPR is *n/a* "
-        "when that FPR is below 1 / (number of non-members).",
+        "(thresholds calibrated on shadow models, learned attack models, LiRA or RMIA) with the highest "
+        "*max adv.*: max TPR - FPR over thresholds, a threshold-free summary whose threshold is picked "
+        "with the target's labels. *Achieved adv.* is TPR - FPR at the attack's own threshold or decision "
+        "rule: what the attack really gets. *eps LB* is the largest epsilon any realistic attack proves "
+        "(95% Clopper-Pearson, at the row's DP delta, else 1e-5): a DP-SGD row's proven *epsilon* must "
+        "not be below it. Rows marked *(oracle)* choose their threshold on the target's own membership "
+        "labels: an upper bound, not an attack. TPR at a fixed FPR is *n/a* when that FPR is below "
+        "1 / (number of non-members).",
         "",
         markdown_table(SUMMARY_HEADERS, summary),
         "",

@@ -176,7 +176,8 @@ def test_json_round_trip_and_summary():
     )
     assert AttackResult.from_json(small.to_json()) == small
     assert small.summary() == (
-        "loss (shadow): acc 0.833, adv 0.667, AUC 0.889, TPR@0.1% n/a, TPR@1% n/a, TPR@10% n/a"
+        "loss (shadow): acc 0.833, adv 0.667, achieved adv 0.667, AUC 0.889, TPR@0.1% n/a, TPR@1% n/a, "
+        "TPR@10% n/a"
     )
     s = r.summary()
     assert s.startswith("loss (oracle): acc ") and "TPR@0.1% " in s and "\n" not in s
@@ -247,3 +248,62 @@ def test_no_tensorflow_import():
     code = "import sys, tfmi.attacks.metrics; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------- achieved advantage and empirical epsilon
+
+
+def test_achieved_advantage_is_tpr_minus_fpr_at_the_attacks_own_threshold():
+    rng = np.random.default_rng(5)
+    members, others = rng.normal(1.0, 1.0, 3000), rng.normal(0.0, 1.0, 3000)
+    calibrated = 1.4  # a threshold set elsewhere (shadows), not the best one for these labels
+    r = evaluate_scores(members, others, attack="loss", threshold=calibrated, threshold_source="shadow")
+    expected = np.mean(members >= calibrated) - np.mean(others >= calibrated)
+    assert r.achieved_advantage == pytest.approx(expected, abs=1e-12)
+    assert r.achieved_advantage < r.advantage - 0.02  # max over thresholds, chosen with the labels
+    d = r.to_dict()
+    assert d["achieved_advantage"] == pytest.approx(expected)
+    assert d["true_positives"] == np.sum(members >= 1.4)
+    oracle = evaluate_scores(members, others, attack="loss")
+    assert oracle.achieved_advantage is None and oracle.epsilon_lower_bound() is None
+    assert oracle.to_dict()["achieved_advantage"] is None
+
+
+def _independent_lower_bound(tp, n_m, fp, n_n, delta, confidence=0.95):
+    """Jagielski et al. 2020, re-derived: Clopper-Pearson via the beta quantiles, both DP inequalities."""
+    from scipy.stats import beta
+
+    a = (1 - confidence) / 2
+    tpr_lo = beta.ppf(a, tp, n_m - tp + 1) if tp > 0 else 0.0
+    fpr_hi = beta.ppf(1 - a, fp + 1, n_n - fp) if fp < n_n else 1.0
+    candidates = [0.0]
+    if tpr_lo > delta:
+        candidates.append(np.log((tpr_lo - delta) / fpr_hi))
+    fnr_hi, tnr_lo = 1 - tpr_lo, 1 - fpr_hi
+    if tnr_lo > delta:
+        candidates.append(np.log((tnr_lo - delta) / fnr_hi))
+    return max(candidates)
+
+
+@pytest.mark.parametrize(("tp", "n_m", "fp", "n_n"), [
+    (1000, 1000, 0, 1000), (900, 1000, 100, 1000), (30, 1000, 0, 1000), (1000, 1000, 900, 1000),
+    (500, 1000, 500, 1000), (0, 10, 0, 10), (7, 10, 1, 10),
+])
+@pytest.mark.parametrize("delta", [0.0, 1e-5, 0.01])
+def test_epsilon_lower_bound_matches_an_independent_derivation(tp, n_m, fp, n_n, delta):
+    from tfmi.attacks.metrics import epsilon_lower_bound
+
+    ours = epsilon_lower_bound(tp, n_m, fp, n_n, delta=delta)
+    assert ours == pytest.approx(_independent_lower_bound(tp, n_m, fp, n_n, delta), abs=1e-12)
+    assert ours >= 0
+    assert epsilon_lower_bound(tp, n_m, fp, n_n, delta=delta, confidence=0.5) >= ours  # less sure, more eps
+
+
+def test_epsilon_lower_bound_refuses_impossible_counts():
+    from tfmi.attacks.metrics import epsilon_lower_bound
+
+    for args in [(11, 10, 0, 10), (1, 10, -1, 10), (1, 0, 0, 10)]:
+        with pytest.raises(TfmiError):
+            epsilon_lower_bound(*args)
+    with pytest.raises(TfmiError, match="delta"):
+        epsilon_lower_bound(5, 10, 1, 10, delta=1.5)

@@ -145,6 +145,10 @@ def test_summaries_are_means_and_sample_spreads_over_seeds():
     advantages = [records[0]["result"].advantage, records[1]["result"].advantage]
     assert none.attacks[0].advantage.mean == pytest.approx(np.mean(advantages))
     assert rows[1].epsilon.mean == 3.0 and rows[1].epsilon.spread == 0.0
+    achieved = [records[0]["result"].achieved_advantage, records[1]["result"].achieved_advantage]
+    assert none.attacks[0].achieved_advantage.mean == pytest.approx(np.mean(achieved))
+    bounds = [r["result"].epsilon_lower_bound(1e-5) for r in records[:2]]
+    assert none.epsilon_lower_bound.mean == pytest.approx(np.mean(bounds)) and max(bounds) > 0
     assert Stat.of([None, None]).format() is None
     assert Stat(0.5, 0.0).format() == "0.500" and Stat(0.5, 0.01).format() == "0.500 ± 0.010"
 

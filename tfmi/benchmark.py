@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tfmi.attacks.metrics import DEFAULT_DELTA
 from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, AttackReport
 from tfmi.data.dataset import Dataset
 from tfmi.defenses.config import DefenseConfig
@@ -50,7 +51,7 @@ from tfmi.training import TrainConfig
 MANIFEST_FILE = "benchmark.json"
 CELLS_DIR = "cells"
 #: bumped when a cell's computation changes, so stale cached cells are not reused
-CELL_FORMAT = 1
+CELL_FORMAT = 2  # 2: results carry the counts at their own threshold (achieved advantage, eps LB)
 #: a cached cell's file name (written by `CellStore.save`), including its temporary files
 _CELL_FILE = re.compile(r"(\.)?[0-9a-f]{20}\.json(\.[^/]*\.tmp)?")
 
@@ -279,6 +280,7 @@ class AttackSummary:
     threshold_source: str
     accuracy: Stat
     advantage: Stat
+    achieved_advantage: Stat
     auc: Stat
     tpr_at_1pct: Stat
     tpr_at_01pct: Stat
@@ -299,10 +301,11 @@ class DefenseRow:
     gap: Stat
     epsilon: Stat
     delta: float | None
+    epsilon_lower_bound: Stat = field(default_factory=lambda: Stat(None, 0.0))
     attacks: list[AttackSummary] = field(default_factory=list)
 
     def best_attack(self) -> AttackSummary | None:
-        """The realistic (non-oracle) attack with the highest mean advantage."""
+        """The realistic (non-oracle) attack with the highest mean max advantage (threshold-free)."""
         realistic = [a for a in self.attacks
                      if a.threshold_source != "oracle" and a.advantage.mean is not None]
         return max(realistic, key=lambda a: a.advantage.mean, default=None)
@@ -323,6 +326,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[DefenseRow]:
             gap=Stat.of([r["generalization_gap"] for r in group]),
             epsilon=Stat.of([r.get("epsilon") for r in group]),
             delta=group[0].get("delta"),
+            epsilon_lower_bound=Stat.of([_best_lower_bound(rep, r.get("delta"))
+                                         for rep, r in zip(reports, group, strict=True)]),
         )
         for result in reports[0].results:
             same = [rep.result(result.attack, result.threshold_source) for rep in reports]
@@ -330,6 +335,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[DefenseRow]:
                 result.attack, result.threshold_source,
                 accuracy=Stat.of([s.accuracy for s in same]),
                 advantage=Stat.of([s.advantage for s in same]),
+                achieved_advantage=Stat.of([s.achieved_advantage for s in same]),
                 auc=Stat.of([s.auc for s in same]),
                 tpr_at_1pct=Stat.of([s.tpr_at_fpr.get(0.01) for s in same]),
                 tpr_at_01pct=Stat.of([s.tpr_at_fpr.get(0.001) for s in same]),
@@ -338,9 +344,17 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[DefenseRow]:
     return rows
 
 
-SUMMARY_HEADERS = ("defense", "train acc", "test acc", "gap", "epsilon", "best attack", "advantage",
-                   "AUC", "TPR@1%FPR")
-ATTACK_HEADERS = ("defense", "attack", "accuracy", "advantage", "AUC", "TPR@0.1%FPR", "TPR@1%FPR")
+def _best_lower_bound(report: AttackReport, delta: float | None) -> float | None:
+    """The largest epsilon any realistic attack of one cell proves, at the cell's DP delta if it has one."""
+    bounds = [r.epsilon_lower_bound(delta if delta is not None else DEFAULT_DELTA) for r in report.results]
+    bounds = [b for b in bounds if b is not None]
+    return max(bounds) if bounds else None
+
+
+SUMMARY_HEADERS = ("defense", "train acc", "test acc", "gap", "epsilon", "eps LB", "best attack",
+                   "max adv.", "achieved adv.", "AUC", "TPR@1%FPR")
+ATTACK_HEADERS = ("defense", "attack", "accuracy", "max adv.", "achieved adv.", "AUC", "TPR@0.1%FPR",
+                  "TPR@1%FPR")
 
 
 def summary_table_rows(rows: Sequence[DefenseRow]) -> list[list[object]]:
@@ -353,8 +367,9 @@ def summary_table_rows(rows: Sequence[DefenseRow]) -> list[list[object]]:
             epsilon += f" (δ {row.delta:.0e})"
         out.append([
             row.defense, row.train_accuracy.format(), row.test_accuracy.format(), row.gap.format(),
-            epsilon if epsilon is not None else "-",
+            epsilon if epsilon is not None else "-", row.epsilon_lower_bound.format(2),
             best.label if best else "-", best.advantage.format() if best else None,
+            best.achieved_advantage.format() if best else None,
             best.auc.format() if best else None, best.tpr_at_1pct.format() if best else None,
         ])
     return out
@@ -363,7 +378,7 @@ def summary_table_rows(rows: Sequence[DefenseRow]) -> list[list[object]]:
 def attack_table_rows(rows: Sequence[DefenseRow], include_oracle: bool = True) -> list[list[object]]:
     """One line per (defense, attack)."""
     return [
-        [row.defense, a.label, a.accuracy.format(), a.advantage.format(), a.auc.format(),
-         a.tpr_at_01pct.format(), a.tpr_at_1pct.format()]
+        [row.defense, a.label, a.accuracy.format(), a.advantage.format(), a.achieved_advantage.format(),
+         a.auc.format(), a.tpr_at_01pct.format(), a.tpr_at_1pct.format()]
         for row in rows for a in row.attacks if include_oracle or a.threshold_source != "oracle"
     ]

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tfmi.attacks.metrics import DEFAULT_DELTA
 from tfmi.errors import TfmiError
 
 if TYPE_CHECKING:  # the attack suite imports TensorFlow: keep this module cheap to import
@@ -37,7 +38,8 @@ __all__ = [
 ]
 
 MISSING = "n/a"
-ATTACK_COLUMNS = ("attack", "threshold", "accuracy", "advantage", "AUC", "TPR@0.1%FPR", "TPR@1%FPR")
+ATTACK_COLUMNS = ("attack", "threshold", "accuracy", "max adv.", "achieved adv.", "AUC", "TPR@0.1%FPR",
+                  "TPR@1%FPR", "eps LB")
 #: the low false-positive rates of the table's TPR columns, in column order
 TABLE_FPRS = (0.001, 0.01)
 
@@ -137,24 +139,37 @@ def attack_rows(report: AttackReport) -> list[list[object]]:
     """One `ATTACK_COLUMNS` row per result of ``report``: numbers as ``"%.3f"``, unmeasurable TPRs
     ``None`` (shown as ``n/a``)."""
     return [
-        [r.attack, r.threshold_source, _num(r.accuracy), _num(r.advantage), _num(r.auc),
-         *(_num(r.tpr_at_fpr.get(f)) for f in TABLE_FPRS)]
+        [r.attack, r.threshold_source, _num(r.accuracy), _num(r.advantage), _num(r.achieved_advantage),
+         _num(r.auc), *(_num(r.tpr_at_fpr.get(f)) for f in TABLE_FPRS), _eps(r.epsilon_lower_bound())]
         for r in report.results
     ]
 
 
+def _eps(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
 def _best_realistic(report: AttackReport) -> AttackResult | None:
+    """The realistic attack with the highest max advantage (threshold-free: see `RANKED_BY`)."""
     realistic = [r for r in report.results if r.threshold_source != "oracle"]
     return max(realistic, key=lambda r: r.advantage) if realistic else None
 
 
+#: how "best attack" is chosen, said wherever it is shown
+RANKED_BY = "highest max advantage (max TPR - FPR over thresholds: threshold-free)"
+
+
 def _describe(result: AttackResult) -> str:
-    text = (f"{result.attack} ({result.threshold_source}): advantage {result.advantage:.3f}, "
-            f"AUC {result.auc:.3f}")
+    text = f"{result.attack} ({result.threshold_source}): max advantage {result.advantage:.3f}"
+    if result.achieved_advantage is not None:
+        text += f", achieved {result.achieved_advantage:.3f}"
+    text += f", AUC {result.auc:.3f}"
     if result.auc_ci is not None:
         text += f" (95% CI {result.auc_ci[0]:.3f}-{result.auc_ci[1]:.3f})"
     tpr = result.tpr_at_fpr.get(0.01)
-    return text + ", TPR@1%FPR " + (MISSING if tpr is None else f"{tpr:.3f}")
+    text += ", TPR@1%FPR " + (MISSING if tpr is None else f"{tpr:.3f}")
+    bound = result.epsilon_lower_bound()
+    return text + ("" if bound is None else f", proves epsilon >= {bound:.2f} at delta {DEFAULT_DELTA:g}")
 
 
 def _model_line(meta: Mapping) -> str:
@@ -192,6 +207,8 @@ def audit_summary_lines(report: AttackReport, meta: Mapping) -> list[str]:
                      "(train shadow models for calibrated attacks and LiRA)")
     best = _best_realistic(report)
     lines.append("best       " + (_describe(best) if best else "no realistic attack ran (oracle rows only)"))
+    if best:
+        lines.append(f"           (best = {RANKED_BY})")
     lines += [f"note       {note}" for note in report.notes]
     if any(r.threshold_source == "oracle" for r in report.results):
         lines.append("oracle     rows marked 'oracle' pick their threshold on the target's own membership "
@@ -210,12 +227,19 @@ _COLUMN_NOTES = """\
   has: an **upper bound** on what that signal can reveal. `none`: a fixed rule (the gap attack) or
   a score-based attack without a tuned threshold.
 - **accuracy**: balanced accuracy (TPR + TNR) / 2 at the chosen threshold; 0.5 is chance.
-- **advantage**: the best TPR - FPR over all thresholds (Yeom et al.): 0 means the attacker learns
-  nothing, 1 that it identifies members perfectly.
+- **max adv.**: the best TPR - FPR over all thresholds (Yeom et al.; tensorflow-privacy's "attacker
+  advantage"). The threshold is picked with the target's own labels, so this is a threshold-free
+  summary of what the scores allow, not what the attack achieves: 0 means nothing leaks, 1 that
+  members are identified perfectly. *Best attack* ranks realistic rows by it.
+- **achieved adv.**: TPR - FPR at the attack's own threshold or decision rule (shadow-calibrated or
+  fixed): what the attack really gets. n/a on oracle rows.
 - **AUC**: area under the ROC curve; 0.5 is chance.
 - **TPR@0.1%FPR, TPR@1%FPR**: the share of members identified while wrongly flagging at most
   0.1% / 1% of non-members: how reliably an attack can single out *some* members with
   confidence, which averages such as accuracy hide.
+- **eps LB**: the epsilon this attack proves at delta 1e-5: from its TPR and FPR at its own threshold,
+  with 95% Clopper-Pearson intervals (Jagielski et al. 2020), no (epsilon, delta)-DP training could
+  allow this attack, so the model's true epsilon is at least this. 0 proves nothing.
 - **n/a**: the false-positive rate is below 1 / (number of non-members), so it cannot be measured
   on this data (e.g. 0.1% needs at least 1000 non-members)."""
 

@@ -12,6 +12,13 @@ likely a member". Conventions:
   below ``1 / num_non_members``: with fewer non-members than that, the FPR cannot be measured.
 * **Bootstrap.** Members and non-members are resampled separately with replacement (their counts stay
   fixed) with a seeded ``numpy.random.Generator``; intervals are percentile intervals.
+* **Two advantages.** ``advantage`` is max over thresholds of TPR - FPR, the threshold-free summary
+  tensorflow-privacy calls "attacker advantage": the threshold is picked with the target's own labels,
+  so it is what the scores allow, not what an attacker gets. ``achieved_advantage`` is TPR - FPR at
+  the attack's own threshold or decision rule (shadow-calibrated, or fixed), on every non-oracle row.
+* **Empirical epsilon.** `epsilon_lower_bound` turns TPR and FPR at the attack's own threshold into the
+  largest epsilon the evidence proves for a delta (Jagielski et al. 2020), with Clopper-Pearson
+  intervals: a (epsilon, delta)-DP model cannot be attacked better than that.
 
 >>> import numpy as np
 >>> r = evaluate_scores(np.array([0.9, 0.8, 0.4]), np.array([0.5, 0.3, 0.1]), attack="loss")
@@ -33,10 +40,12 @@ from tfmi.errors import TfmiError
 from tfmi.validation import check_number
 
 __all__ = [
+    "DEFAULT_DELTA",
     "FPR_TARGETS",
     "THRESHOLD_SOURCES",
     "AttackResult",
     "check_membership",
+    "epsilon_lower_bound",
     "evaluate_scores",
     "roc_curve",
     "tpr_at_fpr",
@@ -45,6 +54,10 @@ __all__ = [
 FPR_TARGETS: tuple[float, ...] = (0.001, 0.01, 0.1)
 THRESHOLD_SOURCES: tuple[str, ...] = ("shadow", "oracle", "none")
 MAX_STORED_ROC_POINTS = 1000
+#: delta of the empirical epsilon lower bound when none is given (tensorflow-privacy's usual 1e-5)
+DEFAULT_DELTA = 1e-5
+#: joint confidence of the two Clopper-Pearson bounds behind an epsilon lower bound
+EPSILON_CONFIDENCE = 0.95
 
 # --------------------------------------------------------------------------------------------- checks
 
@@ -222,6 +235,52 @@ def _downsample(
     return fpr[keep], tpr[keep]
 
 
+# ------------------------------------------------------------------------------- empirical epsilon
+
+
+def epsilon_lower_bound(
+    true_positives: int,
+    num_members: int,
+    false_positives: int,
+    num_non_members: int,
+    *,
+    delta: float = DEFAULT_DELTA,
+    confidence: float = EPSILON_CONFIDENCE,
+) -> float:
+    """The largest epsilon an attack's counts prove, at ``confidence``, for a given ``delta``.
+
+    An (epsilon, delta)-DP training algorithm bounds every membership test: TPR <= e^eps FPR + delta
+    and TNR <= e^eps FNR + delta (Kairouz et al. 2015; Jagielski et al. 2020). With a Clopper-Pearson
+    lower bound on TPR and upper bound on FPR, each at level (1 - confidence) / 2, both inequalities
+    give an epsilon that the model's guarantee cannot be below; the larger one (or 0) is returned.
+    The threshold must not be chosen on the same labels (use the attack's own rule), or the bound
+    is optimistic.
+
+    >>> round(epsilon_lower_bound(1000, 1000, 0, 1000), 2)       # a perfect attack on 1,000 + 1,000
+    5.6
+    >>> epsilon_lower_bound(500, 1000, 500, 1000)                # a coin flip proves nothing
+    0.0
+    """
+    from scipy.stats import beta
+
+    n_m = check_number("num_members", num_members, low=1, integer=True)
+    n_n = check_number("num_non_members", num_non_members, low=1, integer=True)
+    tp = check_number("true_positives", true_positives, low=0, high=n_m, integer=True)
+    fp = check_number("false_positives", false_positives, low=0, high=n_n, integer=True)
+    delta = check_number("delta", delta, low=0, high=1, high_inclusive=False)
+    confidence = check_number("confidence", confidence, low=0, high=1, low_inclusive=False,
+                              high_inclusive=False)
+    tail = (1 - confidence) / 2
+    tpr_low = 0.0 if tp == 0 else float(beta.ppf(tail, tp, n_m - tp + 1))
+    fpr_high = 1.0 if fp == n_n else float(beta.ppf(1 - tail, fp + 1, n_n - fp))
+    bounds = [0.0]
+    if tpr_low - delta > 0:
+        bounds.append(math.log((tpr_low - delta) / fpr_high))
+    if 1 - fpr_high - delta > 0:
+        bounds.append(math.log((1 - fpr_high - delta) / (1 - tpr_low)))
+    return max(bounds)
+
+
 # ------------------------------------------------------------------------------------------ the result
 
 
@@ -236,8 +295,11 @@ class AttackResult:
     ``accuracy`` is balanced accuracy ``(TPR + TNR) / 2`` at ``threshold`` (member iff score >= threshold),
     chosen per ``threshold_source``: "shadow" (calibrated on shadow models), "oracle" (chosen on the
     target's own membership labels: an upper bound) or "none" (a fixed rule such as correctness).
-    ``advantage`` is max over thresholds of TPR - FPR; ``auc`` is exact even when ``roc`` (the stored
-    ``(fpr, tpr)`` arrays) is downsampled; ``tpr_at_fpr`` maps 0.001, 0.01, 0.1 to a TPR or ``None``.
+    ``advantage`` is max over thresholds of TPR - FPR (threshold-free, picked with the target's
+    labels); ``achieved_advantage`` is TPR - FPR at ``threshold``, what the attack itself achieves
+    (``None`` on oracle rows); ``auc`` is exact even when ``roc`` (the stored ``(fpr, tpr)`` arrays)
+    is downsampled; ``tpr_at_fpr`` maps 0.001, 0.01, 0.1 to a TPR or ``None``. ``true_positives`` and
+    ``false_positives`` count predicted members at ``threshold``, for `epsilon_lower_bound`.
 
     >>> r = evaluate_scores(np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]), attack="gap",
     ...                     threshold=1.0, threshold_source="none")
@@ -259,6 +321,23 @@ class AttackResult:
     num_non_members: int
     auc_ci: tuple[float, float] | None = None
     tpr_at_fpr_ci: dict[float, tuple[float, float] | None] | None = None
+    true_positives: int | None = None
+    false_positives: int | None = None
+
+    @property
+    def achieved_advantage(self) -> float | None:
+        """TPR - FPR at the attack's own threshold; None for oracle rows (not an attack)."""
+        if self.threshold_source == "oracle" or self.true_positives is None or self.false_positives is None:
+            return None
+        return self.true_positives / self.num_members - self.false_positives / self.num_non_members
+
+    def epsilon_lower_bound(self, delta: float = DEFAULT_DELTA,
+                            confidence: float = EPSILON_CONFIDENCE) -> float | None:
+        """`epsilon_lower_bound` at the attack's own threshold; None for oracle rows."""
+        if self.achieved_advantage is None:
+            return None
+        return epsilon_lower_bound(self.true_positives, self.num_members, self.false_positives,
+                                   self.num_non_members, delta=delta, confidence=confidence)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (arrays as lists, FPR keys as strings) that `from_dict` inverts exactly."""
@@ -278,6 +357,11 @@ class AttackResult:
             },
             "num_members": int(self.num_members),
             "num_non_members": int(self.num_non_members),
+            "true_positives": None if self.true_positives is None else int(self.true_positives),
+            "false_positives": None if self.false_positives is None else int(self.false_positives),
+            "achieved_advantage": self.achieved_advantage,
+            "epsilon_lower_bound": self.epsilon_lower_bound(),
+            "epsilon_lower_bound_delta": DEFAULT_DELTA,
             "auc_ci": None if self.auc_ci is None else [float(v) for v in self.auc_ci],
             "tpr_at_fpr_ci": None
             if self.tpr_at_fpr_ci is None
@@ -307,6 +391,8 @@ class AttackResult:
                 roc=(np.asarray(d["roc"]["fpr"], np.float64), np.asarray(d["roc"]["tpr"], np.float64)),
                 num_members=int(d["num_members"]),
                 num_non_members=int(d["num_non_members"]),
+                true_positives=None if d.get("true_positives") is None else int(d["true_positives"]),
+                false_positives=None if d.get("false_positives") is None else int(d["false_positives"]),
                 auc_ci=None if d.get("auc_ci") is None else (float(d["auc_ci"][0]), float(d["auc_ci"][1])),
                 tpr_at_fpr_ci=None
                 if ci is None
@@ -341,7 +427,10 @@ class AttackResult:
 
     def summary(self) -> str:
         """One line: ``loss (shadow): acc 0.712, adv 0.424, AUC 0.781, TPR@0.1% n/a, TPR@1% 0.052, ...``."""
-        parts = [f"acc {self.accuracy:.3f}", f"adv {self.advantage:.3f}", f"AUC {self.auc:.3f}"]
+        parts = [f"acc {self.accuracy:.3f}", f"adv {self.advantage:.3f}"]
+        if self.achieved_advantage is not None:
+            parts.append(f"achieved adv {self.achieved_advantage:.3f}")
+        parts.append(f"AUC {self.auc:.3f}")
         for f, v in self.tpr_at_fpr.items():
             parts.append(f"TPR@{_fpr_label(f)} " + ("n/a" if v is None else f"{v:.3f}"))
         return f"{self.attack} ({self.threshold_source}): " + ", ".join(parts)
@@ -454,11 +543,10 @@ def evaluate_scores(
     if threshold is None:
         best = 1 + int(np.argmax(gain[1:]))  # skip the +inf start point: ties go to the highest threshold
         threshold = float(thresholds[best])
-        accuracy = float((tpr[best] + 1.0 - fpr[best]) / 2.0)
+        tp, fp = int(tps[best]), int(fps[best])
     else:
-        t_pr = np.count_nonzero(m >= threshold) / n_m
-        f_pr = np.count_nonzero(nm >= threshold) / n_n
-        accuracy = float((t_pr + 1.0 - f_pr) / 2.0)
+        tp, fp = int(np.count_nonzero(m >= threshold)), int(np.count_nonzero(nm >= threshold))
+    accuracy = float((tp / n_m + 1.0 - fp / n_n) / 2.0)
 
     tpr_fixed = {f: _tpr_at_fpr_counts(fps, tps, n_n, n_m, f) for f in FPR_TARGETS}
     auc_ci = tpr_ci = None
@@ -478,4 +566,6 @@ def evaluate_scores(
         num_non_members=n_n,
         auc_ci=auc_ci,
         tpr_at_fpr_ci=tpr_ci,
+        true_positives=tp,
+        false_positives=fp,
     )
