@@ -106,6 +106,7 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     out = Path(out) if out is not None else DEFAULT_AUDITS_DIR / (model.stem or "model")
     check_output_dir(out, "audit", force=force)
     with output_lock(out):
+        check_output_dir(out, "audit", force=force)  # again: another run may have finished meanwhile
         _audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks,
                num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap,
                flip, seed, out, force, unsafe_load)

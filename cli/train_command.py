@@ -68,6 +68,7 @@ def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learn
     default_out = DEFAULT_MODELS_DIR / f"{data.name}-{model_name}-{defense_config.name}-seed{seed}"
     out = check_output_dir(out or default_out, "train", force=force)
     with output_lock(out):
+        check_output_dir(out, "train", force=force)  # again: another run may have finished meanwhile
         _train_and_save(data, split, config, defense_config, label_column, dataset, out, force)
 
 
