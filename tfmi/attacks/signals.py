@@ -7,6 +7,20 @@ log-probabilities: clipped to ``[PROBABILITY_EPS, 1 - PROBABILITY_EPS]``, logged
 (a softmax of their logs), which caps every statistic derived from them at about
 ``-log(PROBABILITY_EPS)`` (~27.6).
 
+LiRA's ``phi`` must come from the target and from its shadows by one rule, or the two are not
+comparable: a softmax in float32 saturates (``p_y`` rounds to 1, the other classes underflow to the
+clip) where logits still separate, so a target's ``phi`` from probabilities and its shadows' from
+logits would differ for the most confident, most vulnerable examples. The rule (`lira_phi` for the
+target, `shadow_lira_phi` for the shadows, which always give logits):
+
+- from **logits** when the target gives them: it outputs logits, or it is a Keras model ending in a
+  softmax (a ``Softmax`` or ``Activation`` layer, or a ``Dense`` layer with a softmax activation)
+  whose pre-softmax logits `model_outputs` recovers from the same forward pass (checked: their
+  softmax must reproduce the outputs);
+- otherwise (SavedModels, callables, other Keras models that only give probabilities) from
+  **probabilities at the target's precision**: the shadows' logits go through a softmax computed in
+  the float dtype the target returned (float32 for Keras and SavedModels), so both saturate alike.
+
 >>> import numpy as np
 >>> logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
 >>> s = compute_signals(logits, [0, 2])
@@ -49,6 +63,10 @@ class ModelOutputs:
 
     values: np.ndarray
     kind: str  # "logits" or "probabilities"
+    #: probabilities only: the pre-softmax logits of a Keras model ending in a softmax, or None
+    logits: np.ndarray | None = None
+    #: the float dtype the model returned (``values`` are float64); None: that of ``values``
+    dtype: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in OUTPUT_KINDS:
@@ -60,6 +78,14 @@ class ModelOutputs:
     @property
     def num_classes(self) -> int:
         return int(self.values.shape[1])
+
+    @property
+    def precision(self) -> np.dtype:
+        """The float dtype the outputs were computed in (float64 when unknown)."""
+        for dtype in (self.dtype, np.asarray(self.values).dtype):
+            if dtype is not None and np.issubdtype(np.dtype(dtype), np.floating):
+                return np.dtype(dtype)
+        return np.dtype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -175,7 +201,9 @@ def model_outputs(
     non-negative and sum to 1 are probabilities, outputs that lie in [0, 1] (most of them strictly
     inside) without summing to 1 are refused (sigmoids, several softmaxes), and anything else is
     logits. ``"logits"`` or ``"probabilities"`` declares the kind (declared probabilities must be a
-    distribution).
+    distribution). For a functional or Sequential Keras model ending in a softmax the pre-softmax
+    logits are recovered in the same forward pass (``ModelOutputs.logits``; `lira_phi` uses them);
+    ``dtype`` records the float dtype the model returned.
 
     >>> out = model_outputs(lambda b: np.stack([b[:, 0], -b[:, 0]], axis=1), np.ones((5, 3)))
     >>> out.kind, out.values.shape
@@ -186,10 +214,15 @@ def model_outputs(
         raise TfmiError(f"batch size must be a positive integer, got {batch_size!r}")
     x = check_features(x)
     activation = None
+    with_logits = False
     if isinstance(model, tf.keras.Model):
         predict: Callable = model
         activation = last_activation(model)
         _check_input_shape(_keras_input_shape(model), x)
+        if activation == "softmax" and outputs != "logits":
+            split = _logits_and_outputs(model)
+            if split is not None:
+                predict, with_logits = split, True
     elif "serving_default" in (getattr(model, "signatures", None) or {}):
         predict = model.signatures["serving_default"]
         _check_input_shape(_signature_input_shape(predict), x)
@@ -201,13 +234,67 @@ def model_outputs(
             f"cannot compute outputs of a {type(model).__name__}: pass a Keras model, a SavedModel "
             "loaded with tf.saved_model.load (with a serving_default signature) or a callable"
         )
-    values = _check_outputs(predict_in_batches(predict, x, int(batch_size)))
+    raw = predict_in_batches(predict, x, int(batch_size))
+    dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float64)
+    logits = None
+    if with_logits:
+        logits, raw = np.split(raw, 2, axis=1)
+    values = _check_outputs(raw)
     if len(values) != len(x):
         raise TfmiError(
             f"the model returned {len(values)} output rows for {len(x)} examples: it must return one "
             "row per example"
         )
-    return ModelOutputs(values, _resolve_kind(values, outputs, activation))
+    kind = _resolve_kind(values, outputs, activation)
+    if logits is not None and (kind != "probabilities" or not _reproduces(logits, values)):
+        logits = None
+    return ModelOutputs(values, kind, logits=logits, dtype=dtype)
+
+
+def _logits_and_outputs(model: tf.keras.Model) -> Callable | None:
+    """For a functional or Sequential Keras model whose last layer applies a softmax, a function of a
+    batch returning its pre-softmax logits and its outputs side by side, ``(n, 2 * num_classes)``, from
+    one forward pass with the model's current weights; None when the logits cannot be recovered
+    (subclassed models, a last layer used twice, other layer types)."""
+    layer = model.layers[-1]
+    try:
+        if len(model.outputs) != 1 or model.outputs[0] is not layer.output:
+            return None  # the last layer listed is not the one producing the only output
+        trunk = tf.keras.Model(model.inputs, layer.input)  # shares the model's layers and weights
+    except (AttributeError, ValueError, TypeError, RuntimeError):
+        return None
+    if len(trunk.outputs) != 1 or trunk.outputs[0].shape.rank != 2:
+        return None
+    if isinstance(layer, tf.keras.layers.Softmax):
+        if list(np.ravel(layer.axis)) not in ([-1], [1]):
+            return None
+        def linear(h: tf.Tensor) -> tf.Tensor:
+            return h
+    elif isinstance(layer, tf.keras.layers.Activation):
+        def linear(h: tf.Tensor) -> tf.Tensor:
+            return h
+    elif isinstance(layer, tf.keras.layers.Dense):
+        def linear(h: tf.Tensor) -> tf.Tensor:
+            z = tf.matmul(tf.cast(h, layer.kernel.dtype), layer.kernel)
+            return z + layer.bias if layer.use_bias else z
+    else:
+        return None
+
+    def predict(batch: tf.Tensor) -> tf.Tensor:
+        h = trunk(batch, training=False)
+        out = layer(h)
+        return tf.concat([tf.cast(linear(h), out.dtype), out], axis=1)
+    return predict
+
+
+def _reproduces(logits: np.ndarray, probabilities: np.ndarray) -> bool:
+    """True if finite ``logits`` give ``probabilities`` through a softmax (within float32 rounding)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape != probabilities.shape or not np.all(np.isfinite(logits)):
+        return False
+    z = logits - logits.max(axis=1, keepdims=True)
+    softmax = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return bool(np.allclose(softmax, probabilities, rtol=0.0, atol=1e-4))
 
 
 def _keras_input_shape(model: tf.keras.Model) -> tuple | None:
@@ -338,3 +425,51 @@ def signals_for(
     if x_len != y_len:
         raise TfmiError(f"features have {x_len} rows but labels have {y_len}: they must match")
     return compute_signals(model_outputs(model, x, outputs=outputs, batch_size=batch_size), y)
+
+
+def lira_phi(outputs: ModelOutputs, y: np.ndarray) -> np.ndarray:
+    """LiRA's ``phi`` (`Signals.logit_confidence`) of a target's outputs, by the rule of the module
+    docstring: from its logits when it gives them or they were recovered, else from its probabilities.
+    Use `shadow_lira_phi` with the same ``outputs`` for the shadows.
+
+    >>> logits = np.array([[40.0, 0.0], [0.0, 2.0]])
+    >>> probabilities = ModelOutputs(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), "probabilities")
+    >>> float(lira_phi(ModelOutputs(logits, "logits"), [0, 1])[0])
+    40.0
+    >>> float(lira_phi(probabilities, [0, 1])[0]) < 28  # probabilities saturate near -log(1e-12)
+    True
+    """
+    if not isinstance(outputs, ModelOutputs):
+        raise TfmiError(
+            f"expected the target's ModelOutputs (from model_outputs), got {type(outputs).__name__}")
+    if outputs.kind == "probabilities" and outputs.logits is not None:
+        return compute_signals(outputs.logits, y, kind="logits").logit_confidence
+    return compute_signals(outputs, y).logit_confidence
+
+
+def shadow_lira_phi(shadow_logits: np.ndarray, y: np.ndarray, target: ModelOutputs) -> np.ndarray:
+    """LiRA's ``phi`` of K shadows' logits ``(K, n, num_classes)`` on the examples with labels ``y``,
+    shape ``(K, n)``, obtained the way `lira_phi` obtains the target's ``phi`` from ``target``: from
+    the logits, or, when the target only gave probabilities, from a softmax in the target's float
+    dtype (``target.precision``), so that a shadow identical to the target gets the target's ``phi``.
+
+    >>> logits = np.array([[[40.0, 0.0], [0.0, 2.0]]])  # one shadow, two examples
+    >>> as_probabilities = ModelOutputs(np.full((2, 2), 0.5, np.float32), "probabilities")
+    >>> float(shadow_lira_phi(logits, [0, 1], as_probabilities)[0, 0]) < 28
+    True
+    """
+    if not isinstance(target, ModelOutputs):
+        raise TfmiError(
+            f"expected the target's ModelOutputs (from model_outputs), got {type(target).__name__}")
+    shadow_logits = np.asarray(shadow_logits)
+    if shadow_logits.ndim != 3:
+        raise TfmiError(
+            f"shadow logits must have shape (shadows, examples, classes), got {shadow_logits.shape}")
+    k, n, c = shadow_logits.shape
+    flat = shadow_logits.reshape(k * n, c)
+    if target.kind == "logits" or target.logits is not None:
+        values, kind = flat, "logits"
+    else:
+        values = tf.nn.softmax(tf.constant(flat, dtype=tf.as_dtype(target.precision)), axis=-1).numpy()
+        kind = "probabilities"
+    return compute_signals(values, np.tile(np.asarray(y), k), kind=kind).logit_confidence.reshape(k, n)
