@@ -51,7 +51,8 @@ def shadows(digits, split):
 
 @pytest.fixture(scope="module")
 def full_report(digits, split, target, shadows):
-    return run_attacks(target.model, digits, split.members, split.non_members, shadows=shadows)
+    return run_attacks(target.model, digits, split.members, split.non_members, shadows=shadows,
+                       population=split.shadow_pool)
 
 
 def numpy_accuracies(model, data, members, non_members):
@@ -146,7 +147,9 @@ def test_with_shadows_every_attack_produces_a_row(full_report, shadows, target):
     assert online.auc > 0.6 and offline.auc > 0.55
     assert online.tpr_at_fpr[0.01] >= row(report, "loss", "shadow").tpr_at_fpr[0.01]
     assert online.tpr_at_fpr[0.01] > 0.03
-    assert len(report.results) == 1 + 2 * len(ORACLE_ATTACKS) + len(LEARNED_ATTACK_NAMES) + 2
+    rmia = [r for r in report.results if r.attack.startswith("RMIA")]
+    assert len(rmia) == 2 and all(r.threshold_source == "none" and r.auc > 0.55 for r in rmia)
+    assert len(report.results) == 1 + 2 * len(ORACLE_ATTACKS) + len(LEARNED_ATTACK_NAMES) + 2 + 2
 
 
 def test_lira_rows_match_an_independent_rederivation(full_report, digits, split, shadows, target):

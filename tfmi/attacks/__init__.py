@@ -2,7 +2,7 @@
 
 - `run_attacks`: every attack on one target, from one `ShadowSet` (`train_shadows`);
 - `ThresholdAttack` (gap, loss, confidence, true-class confidence, entropy, modified entropy),
-  `ShokriAttack`, `Top3Attack`, `LiRA`: scikit-learn style (`fit` on shadow data, then
+  `ShokriAttack`, `Top3Attack`, `LiRA`, `RMIA`: scikit-learn style (`fit` on shadow data, then
   `score_samples`/`evaluate` on the target's);
 - `AttackResult`/`evaluate_scores`: accuracy, advantage, AUC, TPR at low FPR, ROC;
 - `signals_for`/`compute_signals`: the per-example signals every attack starts from.
@@ -29,6 +29,7 @@ _LAZY = {
     "ShokriAttack": "tfmi.attacks.learned",
     "Top3Attack": "tfmi.attacks.learned",
     "LiRA": "tfmi.attacks.lira",
+    "RMIA": "tfmi.attacks.rmia",
     "AttackResult": "tfmi.attacks.metrics",
     "evaluate_scores": "tfmi.attacks.metrics",
     "signals_for": "tfmi.attacks.signals",

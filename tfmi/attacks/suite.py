@@ -46,10 +46,11 @@ from tfmi.inference import PREDICT_BATCH_SIZE
 THRESHOLD_ATTACK_NAMES = tuple(THRESHOLD_ATTACKS)
 LEARNED_ATTACK_NAMES = ("shokri", "top3")
 LIRA_ATTACK_NAMES = ("lira_online", "lira_offline")
+RMIA_ATTACK_NAMES = ("rmia_online", "rmia_offline")
 #: every attack `run_attacks` knows, in report order
-ATTACK_NAMES = (*THRESHOLD_ATTACK_NAMES, *LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES)
+ATTACK_NAMES = (*THRESHOLD_ATTACK_NAMES, *LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES, *RMIA_ATTACK_NAMES)
 #: attacks that cannot run without shadow models
-SHADOW_ONLY_ATTACKS = (*LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES)
+SHADOW_ONLY_ATTACKS = (*LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES, *RMIA_ATTACK_NAMES)
 #: below this many shadows LiRA uses one global variance (Carlini et al. 2022 recommend it for few)
 FIXED_VARIANCE_BELOW = 64
 ATTACK_GROUPS = {
@@ -57,6 +58,7 @@ ATTACK_GROUPS = {
     "threshold": THRESHOLD_ATTACK_NAMES,
     "learned": LEARNED_ATTACK_NAMES,
     "lira": LIRA_ATTACK_NAMES,
+    "rmia": RMIA_ATTACK_NAMES,
 }
 SHADOW_POOL_MODES = ("online", "offline")
 
@@ -221,6 +223,7 @@ def run_attacks(
     *,
     attacks: str | Iterable[str] | None = None,
     shadows: ShadowSet | None = None,
+    population: Any = None,
     outputs: str = "auto",
     oracle: bool = True,
     per_class: bool = False,
@@ -238,6 +241,10 @@ def run_attacks(
             with a note, when no shadows are given, unless named explicitly (then an error).
         shadows: a `ShadowSet` trained on ``data`` records (`train_shadows`); evaluated records in
             its pool get IN/OUT statistics, others count as OUT for every shadow.
+        population: RMIA's population, record indices of ``data`` the attacker holds that the target
+            did not train on, never the evaluated ones (e.g. ``split.reference``). Default: the
+            shadows' pool records that are not evaluated; the online pool has none, so then pass one
+            (else RMIA is skipped with a note, or an error when named). RMIA uses the unflipped query.
         outputs: ``"auto"``, ``"logits"`` or ``"probabilities"``: what the target returns.
         oracle: also report each threshold attack with the oracle threshold (an upper bound).
         per_class: calibrate threshold attacks per class instead of globally.
@@ -261,6 +268,13 @@ def run_attacks(
     non_members = _check_indices(non_members, len(data), "non-members")
     if np.intersect1d(members, non_members).size:
         raise TfmiError("members and non-members share records: a record is either trained on or not")
+    if population is not None:
+        population = _check_indices(population, len(data), "population")
+        if len(np.unique(population)) != len(population):
+            raise TfmiError("the population repeats records: pass each record once (e.g. np.unique(...))")
+        if np.intersect1d(population, np.r_[members, non_members]).size:
+            raise TfmiError("the population shares records with the members or non-members: RMIA compares "
+                            "them with other records; pass records outside the evaluation (split.reference)")
     notes: list[str] = []
     if shadows is None:
         missing = [a for a in requested if a in SHADOW_ONLY_ATTACKS]
@@ -331,6 +345,12 @@ def run_attacks(
             report.results.append(learned.evaluate(
                 ModelOutputs(values.values[is_member], values.kind),
                 ModelOutputs(values.values[~is_member], values.kind), y_m, y_n, **eval_kwargs))
+        elif name in RMIA_ATTACK_NAMES:
+            rmia_names = [a for a in requested if a in RMIA_ATTACK_NAMES]
+            if name == rmia_names[0]:  # one pass for every variant: population outputs computed once
+                report.results.extend(_rmia(rmia_names, target, data, shadows, shadow_logits, evaluated,
+                                            y_eval, signals, is_member, population, target_out[0].kind,
+                                            batch_size, eval_kwargs, notes, explicit))
         else:
             result = _lira(name, shadows.num_shadows, lira_inputs, is_member, lira_fixed_variance,
                            eval_kwargs, notes, explicit)
@@ -342,7 +362,13 @@ def run_attacks(
 def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out, queries, batch_size):
     """LiRA's inputs, computed once for every variant: the (K, n) IN mask of the evaluated records
     (their pool column where they are in the shadows' pool, else OUT everywhere), and the shadows'
-    and the target's ``phi`` per query, (K, n, Q) and (n, Q)."""
+    and the target's ``phi`` per query, (K, n, Q) and (n, Q).
+
+    Both ``phi`` come through one rule (`tfmi.attacks.signals.lira_phi`): from logits when the target
+    gives them (or ends in a Keras softmax whose logits were recovered), else the shadows' logits go
+    through a softmax at the target's float precision, so target and shadows saturate alike."""
+    from tfmi.attacks.signals import lira_phi, shadow_lira_phi
+
     order = np.argsort(shadows.pool)
     sorted_pool = shadows.pool[order]
     at = np.minimum(np.searchsorted(sorted_pool, evaluated), len(sorted_pool) - 1)
@@ -351,13 +377,13 @@ def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out
     in_mask = shadows.masks[:, position] & in_pool[None, :]
     x_eval = data.x[evaluated]
     phis = []
-    for q in queries:
+    for q, out in zip(queries, target_out, strict=True):
         if q is queries[0] and in_pool.all():  # the plain query on pool records: logits already known
             logits = shadow_logits[:, position]
         else:
             logits = shadows.logits(q(x_eval), batch_size)
-        phis.append(_flat_signals(logits, y_eval).logit_confidence.reshape(shadows.num_shadows, -1))
-    target_phi = np.stack([compute_signals(out, y_eval).logit_confidence for out in target_out], axis=-1)
+        phis.append(shadow_lira_phi(logits, y_eval, out))
+    target_phi = np.stack([lira_phi(out, y_eval) for out in target_out], axis=-1)
     return in_mask, np.stack(phis, axis=-1), target_phi
 
 
@@ -375,4 +401,64 @@ def _lira(name, num_shadows, lira_inputs, is_member, fixed_variance, eval_kwargs
         notes.append(f"skipped lira_online: {message}")
         return None
     lira = LiRA(online=online, fixed_variance=fixed_variance).fit(shadow_phi, in_mask)
+    # too few shadows per record for a pooled within-record spread: say which fallback was used
+    borrowed = {side: source for side, source in lira.sd_sources_.items()
+                if source not in ("pooled within-example", "per example")}
+    if borrowed:
+        notes.append(f"{lira.name}: the {' and '.join(s.upper() for s in borrowed)} standard deviation "
+                     f"came from {'; '.join(borrowed.values())} (too few shadows per record)")
     return lira.evaluate(target_phi, is_member, **eval_kwargs)
+
+
+def _rmia(names, target, data, shadows, shadow_logits, evaluated, y_eval, signals, is_member, population,
+          kind, batch_size, eval_kwargs, notes, explicit) -> list[AttackResult]:
+    """RMIA's rows for ``names``: the true-class probabilities of the shadows and the target on the
+    evaluated records and the population (default: the shadows' pool records not evaluated), and
+    the IN masks of both (pool columns, else OUT everywhere), computed once for every variant."""
+    from tfmi.attacks.rmia import RMIA
+
+    if population is None:
+        population = np.setdiff1d(shadows.pool, evaluated)
+        if len(population) == 0:
+            message = ("RMIA needs population records, records the target did not train on besides the "
+                       "evaluated ones, and the shadows' pool has none")
+            if explicit:
+                raise TfmiError(message + ": pass population=record indices (e.g. split.reference)")
+            notes.append(f"skipped {', '.join(names)}: {message} (pass a population)")
+            return []
+    order = np.argsort(shadows.pool)
+    sorted_pool = shadows.pool[order]
+
+    def shadow_side(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at = np.minimum(np.searchsorted(sorted_pool, records), len(sorted_pool) - 1)
+        in_pool = sorted_pool[at] == records
+        position = order[at]
+        if in_pool.all():
+            logits = shadow_logits[:, position]
+        else:
+            logits = shadows.logits(data.x[records], batch_size)
+        probs = _flat_signals(logits, np.asarray(data.y[records])).true_class_probability
+        return shadows.masks[:, position] & in_pool[None, :], probs.reshape(shadows.num_shadows, -1)
+
+    in_mask, shadow_probs = shadow_side(evaluated)
+    population_in, population_shadow_probs = shadow_side(population)
+    population_out = model_outputs(target, data.x[population], outputs=kind, batch_size=batch_size)
+    population_target_probs = compute_signals(population_out,
+                                              np.asarray(data.y[population])).true_class_probability
+    results = []
+    for name in names:
+        online = name == "rmia_online"
+        if online and not in_mask.any():
+            message = ("RMIA online needs shadows trained on pools that contain the evaluated records "
+                       "(online shadow pool)")
+            if explicit:
+                raise TfmiError(message + ": train the shadows on the members and non-members")
+            notes.append(f"skipped rmia_online: {message}")
+            continue
+        rmia = RMIA(online=online).fit(shadow_probs, in_mask, population_target_probs,
+                                       population_shadow_probs, population_in_mask=population_in)
+        if not online and rmia.offline_a_source_ == "default":
+            notes.append(f"{rmia.name}: a is the default, not tuned (tuning needs 2 or more shadows and "
+                         "records each shadow did and did not train on)")
+        results.append(rmia.evaluate(signals.true_class_probability, is_member, **eval_kwargs))
+    return results
