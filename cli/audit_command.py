@@ -28,6 +28,10 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
 @click.option("--non-members", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Records the model never saw, same format. Without --members/--non-members MODEL "
                    "must be a `tfmi train` directory: its dataset and recorded split are used.")
+@click.option("--population", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Records the model never trained on that an attacker may hold (same format), for "
+                   "RMIA's comparisons; never the non-members. For a `tfmi train` directory its split's "
+                   "shadow pool is used. Without one, RMIA is skipped.")
 @click.option("--label-column", default="label", show_default=True, help="Label column of .csv files.")
 @data_dir_option
 @click.option("--outputs", type=click.Choice(["auto", "logits", "probabilities"]), default="auto",
@@ -70,10 +74,10 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
               help="DANGEROUS: skip the checks that stop a model file from running code on this machine "
                    "(Lambda layers, classes from other modules, SavedModel ops that touch files, network or "
                    "Python). Only for files you trust as you trust a script; recorded in the report.")
-def audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks, num_shadows,
-          shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadow_defense, per_class,
+def audit(model, signature, members, non_members, population, label_column, data_dir, outputs, attacks,
+          num_shadows, shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadow_defense, per_class,
           learned_classifier, bootstrap, flip, seed, out, force, unsafe_load) -> None:
-    """Audit MODEL for membership leakage and write a report (report.json, report.md, roc.png, signals.png).
+    """Audit MODEL for membership leakage and write a report (report.json, report.md, exposure.csv, plots).
 
     MODEL is a SavedModel directory, a `tfmi train` model directory, or a .keras / .h5 file. The
     records come from --members and --non-members, or, for a `tfmi train` directory, from its
@@ -96,6 +100,9 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
                         "pass --shadows 2 or more")
     if (members is None) != (non_members is None):
         raise TfmiError(f"--members and --non-members go together: {NO_DATA_MESSAGE}")
+    if population is not None and members is None:
+        raise TfmiError("--population goes with --members and --non-members; a `tfmi train` directory "
+                        "uses its split's shadow pool")
     given = {k: v for k, v in (("epochs", shadow_epochs), ("batch_size", shadow_batch_size),
                                ("learning_rate", shadow_lr)) if v is not None}
     TrainConfig(shadow_model or "mlp", seed=seed, **given)  # shadow options, checked even without shadows
@@ -107,14 +114,14 @@ def audit(model, signature, members, non_members, label_column, data_dir, output
     check_output_dir(out, "audit", force=force)
     with output_lock(out):
         check_output_dir(out, "audit", force=force)  # again: another run may have finished meanwhile
-        _audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks,
-               num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap,
-               flip, seed, out, force, unsafe_load)
+        _audit(model, signature, members, non_members, population, label_column, data_dir, outputs,
+               attacks, num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier,
+               bootstrap, flip, seed, out, force, unsafe_load)
 
 
-def _audit(model, signature, members, non_members, label_column, data_dir, outputs, attacks, num_shadows,
-           shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap, flip, seed, out,
-           force, unsafe_load) -> None:
+def _audit(model, signature, members, non_members, population, label_column, data_dir, outputs, attacks,
+           num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap, flip,
+           seed, out, force, unsafe_load) -> None:
     from tfmi.model_loading import load_model
     from tfmi.models import check_model_name
     from tfmi.training import TrainConfig
@@ -123,12 +130,15 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
         click.echo("Warning: --unsafe-load: the model file's own code may run on this machine", err=True)
     loaded = load_model(model, signature, unsafe_load=unsafe_load)
     if members is not None:
-        data, member_idx, non_member_idx, source = _data_from_files(
-            loaded, members, non_members, label_column)
+        data, member_idx, non_member_idx, population_idx, source = _data_from_files(
+            loaded, members, non_members, population, label_column)
         sidecar_outputs, recorded = None, {}
+        record_ids = [f"members[{i}]" for i in range(len(member_idx))]
+        record_ids += [f"non-members[{i}]" for i in range(len(non_member_idx))]
     else:
-        data, member_idx, non_member_idx, source, sidecar_outputs, recorded = _data_from_model_dir(
-            model, data_dir)
+        data, member_idx, non_member_idx, population_idx, source, sidecar_outputs, recorded = \
+            _data_from_model_dir(model, data_dir)
+        record_ids = [f"record {i}" for i in np.concatenate([member_idx, non_member_idx])]
     _check_input_shape(loaded, data.input_shape)
     if outputs == "auto" and sidecar_outputs in ("logits", "probabilities"):
         outputs = sidecar_outputs
@@ -146,6 +156,7 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
         check_batch_size(shadow_config.batch_size, (len(member_idx) + len(non_member_idx)) // 2,
                          option="--shadow-batch-size")
     shadow_epochs = shadow_config.epochs if shadow_config else None
+    source_of_population = population if population is not None else "the split's shadow pool"
     defense = recorded.get("defense") if shadow_defense == "recorded" else None
     warnings = _overlap_warnings(data, member_idx, non_member_idx)
     for warning in warnings:
@@ -178,7 +189,12 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
     report = run_attacks(
         target, data, member_idx, non_member_idx, attacks=attacks, shadows=shadows, outputs=outputs,
         per_class=per_class, learned_classifier=learned_classifier, flip=flip, bootstrap=bootstrap,
-        seed=seed)
+        seed=seed, population=population_idx)
+    exposure = None
+    if any(r.threshold_source != "oracle" for r in report.results):
+        from tfmi.exposure import exposure_table, most_exposed_lines
+
+        exposure = exposure_table(report, record_ids, y_eval)
 
     from tfmi.environment import library_versions
     from tfmi.plots import plot_roc, plot_signal_histograms
@@ -205,6 +221,10 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
         "shadow_defense": (defense.to_dict() if defense is not None else {"name": "none"})
         if shadow_config else None,
         "shadow_pool": (f"all {len(pool)} audited records (online)" if shadow_config else None),
+        "population": (f"{len(population_idx)} records ({source_of_population})"
+                       if population_idx is not None else None),
+        "most_exposed": exposure.most_exposed() if exposure else None,
+        "exposure_ranked_by": exposure.ranked_by if exposure else None,
         "seed": seed,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()} | {"out": str(out)},
         "command": shlex.join(["tfmi", *sys.argv[1:]]) if Path(sys.argv[0]).name == "tfmi" else None,
@@ -212,7 +232,7 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
         "tfmi_version": library_versions()["tfmi"],
         "versions": library_versions(),
     }
-    lines = audit_summary_lines(report, meta)
+    lines = audit_summary_lines(report, meta) + (most_exposed_lines(exposure) if exposure else [])
     table = format_table(ATTACK_COLUMNS, attack_rows(report))
     is_member = np.r_[np.ones(len(member_idx), bool), np.zeros(len(non_member_idx), bool)]
     sig_m, sig_n = signals.select(is_member), signals.select(~is_member)
@@ -224,7 +244,9 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
     with atomic_directory(out, "audit", force=force) as staging:
         (staging / "report.json").write_text(
             json.dumps({"meta": meta, "report": report.to_dict()}, indent=2) + "\n")
-        (staging / "report.md").write_text(audit_markdown(report, meta, plots))
+        (staging / "report.md").write_text(audit_markdown(report, meta, plots, exposure))
+        if exposure:
+            (staging / "exposure.csv").write_text(exposure.to_csv())
         plot_roc(report.results, staging / "roc.png", title=f"Membership inference ROC: {name}")
         plot_signal_histograms(sig_m, sig_n, staging / "signals.png", title=f"Signals of {name}")
 
@@ -233,7 +255,9 @@ def _audit(model, signature, members, non_members, label_column, data_dir, outpu
     click.echo("")
     click.echo(table)
     click.echo("")
-    click.echo(f"saved      {out}/ (report.json, report.md, roc.png, signals.png)")
+    written = ", ".join(["report.json", "report.md", *(["exposure.csv"] if exposure else []), "roc.png",
+                         "signals.png"])
+    click.echo(f"saved      {out}/ ({written})")
 
 
 def _check_input_shape(loaded, shape: tuple[int, ...]) -> None:
@@ -245,7 +269,8 @@ def _check_input_shape(loaded, shape: tuple[int, ...]) -> None:
                         f"{tuple(shape)}: audit it on the data it was trained on")
 
 
-def _data_from_files(loaded, members: Path, non_members: Path, label_column: str):
+def _data_from_files(loaded, members: Path, non_members: Path, population: Path | None,
+                     label_column: str):
     """One Dataset of members then non-members, labels checked against the model's class count.
 
     Each file may hold any part of the data (one record, one class, no class 0): only together, and
@@ -265,21 +290,24 @@ def _data_from_files(loaded, members: Path, non_members: Path, label_column: str
         width = model_outputs(loaded.predict, first, outputs="logits").num_classes
     data, member_idx, non_member_idx = combine_members(
         m, n, width, names=(f"members ({members})", f"non-members ({non_members})"))
-    return data, member_idx, non_member_idx, f"{members} + {non_members}"
+    population_idx = None
+    if population is not None:
+        from tfmi.audit import append_records
+
+        data, population_idx = append_records(data, read_arrays(population, label_column=label_column),
+                                              f"population ({population})")
+    return data, member_idx, non_member_idx, population_idx, f"{members} + {non_members}"
 
 
 def _overlap_warnings(data, member_idx: np.ndarray, non_member_idx: np.ndarray) -> list[str]:
     """A warning when members and non-members share records: the attacks then measure little."""
-    def keys(idx):
-        rows = np.ascontiguousarray(data.x[idx].reshape(len(idx), -1))
-        return {row.tobytes() + int(label).to_bytes(8, "little") for row, label in zip(rows, data.y[idx],
-                                                                                         strict=True)}
+    from tfmi.audit import shared_records
 
-    shared = keys(member_idx) & keys(non_member_idx)
+    shared = shared_records(data, member_idx, non_member_idx)
     if not shared:
         return []
-    share = len(shared) / max(1, min(len(set(keys(member_idx))), len(set(keys(non_member_idx)))))
-    return [f"{len(shared)} distinct records ({share:.0%} of the smaller set) are both members and "
+    share = min(1.0, shared / min(len(member_idx), len(non_member_idx)))
+    return [f"{shared} distinct records ({share:.0%} of the smaller set) are both members and "
             "non-members: an attack cannot tell them apart, so the results understate the leak; "
             "check the --members and --non-members files"]
 
@@ -313,7 +341,9 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
         raise TfmiError(f"{model} was trained on {records} records of {name!r} but the dataset found now has "
                         f"{len(data)}: point --data-dir at the data it was trained on")
     split = MembershipSplit.load(split_file, num_records=len(data))
-    return data, split.members, split.non_members, f"{data.name} (split of {model.name})", outputs, recorded
+    population = split.shadow_pool if len(split.shadow_pool) else None
+    return (data, split.members, split.non_members, population, f"{data.name} (split of {model.name})",
+            outputs, recorded)
 
 
 def _recorded_defense(record):

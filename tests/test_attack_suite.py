@@ -152,6 +152,22 @@ def test_with_shadows_every_attack_produces_a_row(full_report, shadows, target):
     assert len(report.results) == 1 + 2 * len(ORACLE_ATTACKS) + len(LEARNED_ATTACK_NAMES) + 2 + 2
 
 
+def test_record_scores_reproduce_every_realistic_row(full_report):
+    """Per-record scores (behind exposure.csv) are the very scores each realistic row was computed from."""
+    from sklearn.metrics import roc_auc_score
+
+    report = full_report
+    is_member = np.r_[np.ones(report.num_members, bool), np.zeros(report.num_non_members, bool)]
+    realistic = [r for r in report.results if r.threshold_source != "oracle"]
+    assert sorted(report.record_scores) == sorted(r.attack for r in realistic)
+    for result in realistic:
+        scores = report.record_scores[result.attack]
+        assert scores.shape == (len(is_member),)
+        assert roc_auc_score(is_member, scores) == pytest.approx(result.auc, abs=1e-12), result.attack
+        assert result.true_positives == np.count_nonzero(scores[is_member] >= result.threshold)
+    assert "record_scores" not in report.to_dict()
+
+
 def test_lira_rows_match_an_independent_rederivation(full_report, digits, split, shadows, target):
     evaluated = np.concatenate([split.members, split.non_members])
     is_member = np.r_[np.ones(len(split.members), bool), np.zeros(len(split.non_members), bool)]

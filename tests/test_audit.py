@@ -84,7 +84,7 @@ def saved_audit(trained, tmp_path_factory):
 def test_audit_of_a_plain_saved_model_writes_every_file(trained, saved_audit):
     out, output = saved_audit
     assert sorted(p.name for p in out.iterdir()) == [
-        ".tfmi-output", "report.json", "report.md", "roc.png", "signals.png"]
+        ".tfmi-output", "exposure.csv", "report.json", "report.md", "roc.png", "signals.png"]
     saved = load_report(out)
     report = saved["report"]
     rows = {(r["attack"], r["threshold_source"]) for r in report["results"]}
@@ -127,6 +127,46 @@ def test_audit_with_shadows_runs_calibrated_attacks_and_lira(trained, tmp_path):
     assert any(a.startswith("top3") and source == "shadow" for a, source in rows)
     assert report["num_shadows"] == 4 and 0 < report["shadow_train_accuracy"] <= 1
     assert "training   4 mlp shadows" in result.output and "LiRA online" in result.output
+
+
+def test_audit_names_the_most_exposed_records_and_runs_rmia_on_a_population(trained, tmp_path):
+    import csv
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # the script's order[600:900] were neither members nor non-members
+    free = np.random.default_rng(0).permutation(len(digits.target))[600:900]
+    np.savez(tmp_path / "population.npz", x=(digits.data[free] / 16.0).astype("float32"),
+             y=digits.target[free])
+    out = tmp_path / "exposed"
+    result = run(["audit", trained / "saved", *data_args(trained),
+                  "--population", tmp_path / "population.npz", "--shadows", "4", "--shadow-epochs", "5",
+                  "--shadow-model", "mlp", "--attacks", "loss,lira_online,rmia_online,rmia_offline",
+                  "--out", out])
+    assert result.exit_code == 0, result.output
+    saved = load_report(out)
+    attacks = [r["attack"] for r in saved["report"]["results"]]
+    assert sum(a.startswith("RMIA") for a in attacks) == 2
+    assert saved["meta"]["population"].startswith("300 records")
+    with open(out / "exposure.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 600 and [int(r["rank"]) for r in rows] == list(range(1, 601))
+    risks = [float(r["risk"]) for r in rows]
+    assert risks == sorted(risks, reverse=True) and 0 <= min(risks) and max(risks) <= 1
+    assert {r["record"] for r in rows} == {f"members[{i}]" for i in range(300)} | {
+        f"non-members[{i}]" for i in range(300)}
+    best = saved["meta"]["exposure_ranked_by"]
+    assert best in rows[0] and "p_member_lira" in rows[0]
+    # risk is the share of non-members the best attack scores below the record
+    non_member_scores = np.array([float(r[best]) for r in rows if r["member"] == "False"])
+    top = float(rows[0][best])
+    share = (np.sum(non_member_scores < top) + 0.5 * np.sum(non_member_scores == top)) / 300
+    assert float(rows[0]["risk"]) == pytest.approx(share)
+    assert [r["record"] for r in saved["meta"]["most_exposed"]] == [r["record"] for r in rows[:10]]
+    assert rows[0]["record"] in (out / "report.md").read_text() and "most exposed" in result.output
+    bad = run(["audit", trained / "saved", *data_args(trained), "--population", trained / "members.npz",
+               "--out", tmp_path / "b"])
+    assert bad.exit_code == 2 and "shares 300 record(s) with the audited members" in bad.stderr
 
 
 def test_audit_of_a_tfmi_model_directory_uses_its_split(tmp_path):

@@ -56,6 +56,45 @@ def combine_members(
     return data, member_idx, np.arange(len(y_m), len(y), dtype=np.int64)
 
 
+def shared_records(data: Dataset, first: np.ndarray, second: np.ndarray) -> int:
+    """How many distinct records (features and label alike) appear among both index sets.
+
+    >>> d = make_dataset(np.array([[0.0], [1.0], [0.0]]), [0, 1, 0])
+    >>> shared_records(d, np.array([0]), np.array([1, 2]))
+    1
+    """
+    def keys(idx: np.ndarray) -> set[bytes]:
+        rows = np.ascontiguousarray(data.x[idx].reshape(len(idx), -1))
+        return {row.tobytes() + int(label).to_bytes(8, "little") for row, label in zip(rows, data.y[idx],
+                                                                                         strict=True)}
+
+    return len(keys(first) & keys(second))
+
+
+def append_records(
+    data: Dataset, records: tuple[Any, Any], name: str = "population"
+) -> tuple[Dataset, np.ndarray]:
+    """``data`` with the (x, y) ``records`` appended, and the appended records' indices.
+
+    The records must have ``data``'s feature shape and labels below its class count (an audit's
+    RMIA population: records the attacker holds that the model never trained on).
+    """
+    x, y = check_features(records[0], name), check_labels(records[1], data.num_classes, what=f"{name} labels")
+    if x.shape[1:] != data.x.shape[1:]:
+        raise TfmiError(f"{name} has features of shape {x.shape[1:]} but the audited records have "
+                        f"{data.x.shape[1:]}: give records of the same features")
+    if len(x) != len(y):
+        raise TfmiError(f"{name}: {len(x)} feature rows but {len(y)} labels: they must match")
+    combined = make_dataset(np.concatenate([data.x, x]), np.concatenate([data.y, y]), data.num_classes,
+                            name=data.name, source=data.source, default_model=data.default_model)
+    added = np.arange(len(data), len(combined), dtype=np.int64)
+    shared = shared_records(combined, np.arange(len(data)), added)
+    if shared:
+        raise TfmiError(f"{name} shares {shared} record(s) with the audited members or non-members: RMIA "
+                        "compares them with records the model never saw; give records outside the audit")
+    return combined, added
+
+
 def audit(
     model: Any,
     members: tuple[Any, Any],
@@ -67,6 +106,7 @@ def audit(
     shadow_model: str | None = None,
     outputs: str = "auto",
     seed: int = 0,
+    population: tuple[Any, Any] | None = None,
     **attack_options: Any,
 ) -> AttackReport:
     """Attack ``model`` on ``members`` (x, y), which it trained on, and ``non_members`` (x, y).
@@ -78,18 +118,23 @@ def audit(
         shadows: number of shadow models (0: gap and oracle threshold attacks only). They train on
             random halves of all the given records with ``shadow_config`` (default: ``shadow_model``,
             or ``mlp`` for vectors and ``cnn`` for images, 30 epochs, Adam 1e-3).
+        population: (x, y) records the model never trained on that an attacker may hold, for RMIA
+            (never the non-members); without it RMIA is skipped.
         attack_options: passed on to `run_attacks` (``per_class``, ``flip``, ``bootstrap``, ...).
     """
     from tfmi.attacks.signals import model_outputs
 
     width = model_outputs(model, check_features(members[0], "members")[:1], outputs=outputs).num_classes
     data, member_idx, non_member_idx = combine_members(members, non_members, width)
+    population_idx = None
+    if population is not None:
+        data, population_idx = append_records(data, population)
     shadow_set = None
     if shadows:
         from tfmi.attacks.shadow import train_shadows
 
         config = shadow_config or TrainConfig(shadow_model or data.default_model, seed=seed)
-        pool = np.arange(len(data), dtype=np.int64)
+        pool = np.concatenate([member_idx, non_member_idx])
         shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed)
     return run_attacks(model, data, member_idx, non_member_idx, attacks=attacks, shadows=shadow_set,
-                       outputs=outputs, seed=seed, **attack_options)
+                       outputs=outputs, seed=seed, population=population_idx, **attack_options)

@@ -156,7 +156,7 @@ def run_cell(
         shadows = train_shadows(data, shadow_pool(split, "online"), config, num_shadows=spec.num_shadows,
                                 seed=cell.seed + 1, defense=cell.defense, progress=shadow_progress)
     report = run_attacks(target.model, data, split.members, split.non_members, attacks=spec.attacks,
-                         shadows=shadows, seed=cell.seed)
+                         shadows=shadows, seed=cell.seed, population=rmia_population(split))
     accounting = target.defense.get("accounting") or {}
     return {
         "cell": cell.to_dict(),
@@ -172,6 +172,12 @@ def run_cell(
         "report": report.to_dict(),
         "seconds": time.perf_counter() - start,
     }
+
+
+def rmia_population(split) -> np.ndarray | None:
+    """RMIA's population in a benchmark: the split's shadow pool, records the attacker holds that the
+    target never saw (not the reference set, whose outputs the MMD defense trains against)."""
+    return split.shadow_pool if len(split.shadow_pool) else None
 
 
 class CellStore:

@@ -31,6 +31,7 @@ from tfmi.errors import TfmiError
 if TYPE_CHECKING:  # the attack suite imports TensorFlow: keep this module cheap to import
     from tfmi.attacks.metrics import AttackResult
     from tfmi.attacks.suite import AttackReport
+    from tfmi.exposure import ExposureTable
 
 __all__ = [
     "ATTACK_COLUMNS", "attack_rows", "audit_markdown", "audit_summary_lines", "format_table",
@@ -244,10 +245,12 @@ _COLUMN_NOTES = """\
   on this data (e.g. 0.1% needs at least 1000 non-members)."""
 
 
-def audit_markdown(report: AttackReport, meta: Mapping, plots: Mapping[str, str]) -> str:
+def audit_markdown(report: AttackReport, meta: Mapping, plots: Mapping[str, str],
+                   exposure: ExposureTable | None = None) -> str:
     """A self-contained ``report.md``: title, summary, result table, plots and what the columns mean.
 
-    ``plots`` maps a caption to a file name relative to the report (e.g. ``{"ROC curves": "roc.png"}``).
+    ``plots`` maps a caption to a file name relative to the report (e.g. ``{"ROC curves": "roc.png"}``);
+    with ``exposure`` the most exposed records are named (the whole table is ``exposure.csv``).
     """
     name = Path(str(meta.get("model", "model"))).name or str(meta.get("model", "model"))
     parts = [f"# Membership inference audit: {name}", ""]
@@ -256,6 +259,11 @@ def audit_markdown(report: AttackReport, meta: Mapping, plots: Mapping[str, str]
     if report.num_shadows == 0:
         parts += ["No shadow models were trained, so only the gap attack is realistic; the oracle rows "
                   "are upper bounds.", ""]
+    if exposure is not None:
+        from tfmi.exposure import most_exposed_lines
+
+        parts += ["## Most exposed records", "", "```", *most_exposed_lines(exposure), "```", "",
+                  "Every audited record, with each realistic attack's score, is in `exposure.csv`.", ""]
     for caption, file in plots.items():
         parts += [f"## {caption}", "", f"![{caption}]({file})", ""]
     parts += ["## What the columns mean", "", _COLUMN_NOTES, ""]

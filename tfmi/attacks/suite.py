@@ -129,6 +129,9 @@ class AttackReport:
     shadow_train_accuracy: float | None = None
     shadow_test_accuracy: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: each realistic attack's score per evaluated record (members, then non-members), by result name;
+    #: kept in memory for per-record exposure, not written by `to_dict`
+    record_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def generalization_gap(self) -> float:
@@ -323,15 +326,22 @@ def run_attacks(
             lira_inputs = _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out,
                                            queries, batch_size)
 
+    def keep(result: AttackResult, scores: np.ndarray) -> None:
+        report.results.append(result)
+        report.record_scores[result.attack] = np.asarray(scores, np.float64)
+
     for name in requested:
         if name in THRESHOLD_ATTACK_NAMES:
             attack = ThresholdAttack(name, per_class=per_class and name != "gap")
             if name == "gap" or shadows is None:
                 if name == "gap":
-                    report.results.append(attack.fit_on_membership(sig_m, sig_n).evaluate(sig_m, sig_n))
+                    fitted = attack.fit_on_membership(sig_m, sig_n)
+                    keep(fitted.evaluate(sig_m, sig_n),
+                         np.r_[fitted.score_samples(sig_m), fitted.score_samples(sig_n)])
             else:
                 fitted = attack.fit(shadow_signals, shadow_labels, shadow_in)
-                report.results.append(fitted.evaluate(sig_m, sig_n, y_m, y_n, **eval_kwargs))
+                keep(fitted.evaluate(sig_m, sig_n, y_m, y_n, **eval_kwargs),
+                     np.r_[fitted.score_samples(sig_m, y_m), fitted.score_samples(sig_n, y_n)])
             if oracle and name != "gap":
                 report.results.append(ThresholdAttack(name).evaluate_oracle(sig_m, sig_n, **eval_kwargs))
         elif name in LEARNED_ATTACK_NAMES:
@@ -342,20 +352,22 @@ def run_attacks(
             learned = cls(classifier=learned_classifier, seed=seed).fit(
                 ModelOutputs(shadow_logits.reshape(k * n, c), "logits"), shadow_labels, shadow_in)
             values = target_out[0]
-            report.results.append(learned.evaluate(
-                ModelOutputs(values.values[is_member], values.kind),
-                ModelOutputs(values.values[~is_member], values.kind), y_m, y_n, **eval_kwargs))
+            out_m = ModelOutputs(values.values[is_member], values.kind)
+            out_n = ModelOutputs(values.values[~is_member], values.kind)
+            keep(learned.evaluate(out_m, out_n, y_m, y_n, **eval_kwargs),
+                 np.r_[learned.score_samples(out_m, y_m), learned.score_samples(out_n, y_n)])
         elif name in RMIA_ATTACK_NAMES:
             rmia_names = [a for a in requested if a in RMIA_ATTACK_NAMES]
             if name == rmia_names[0]:  # one pass for every variant: population outputs computed once
-                report.results.extend(_rmia(rmia_names, target, data, shadows, shadow_logits, evaluated,
+                for result, scores in _rmia(rmia_names, target, data, shadows, shadow_logits, evaluated,
                                             y_eval, signals, is_member, population, target_out[0].kind,
-                                            batch_size, eval_kwargs, notes, explicit))
+                                            batch_size, eval_kwargs, notes, explicit):
+                    keep(result, scores)
         else:
-            result = _lira(name, shadows.num_shadows, lira_inputs, is_member, lira_fixed_variance,
+            scored = _lira(name, shadows.num_shadows, lira_inputs, is_member, lira_fixed_variance,
                            eval_kwargs, notes, explicit)
-            if result is not None:
-                report.results.append(result)
+            if scored is not None:
+                keep(*scored)
     return report
 
 
@@ -388,7 +400,7 @@ def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out
 
 
 def _lira(name, num_shadows, lira_inputs, is_member, fixed_variance, eval_kwargs, notes,
-          explicit) -> AttackResult | None:
+          explicit) -> tuple[AttackResult, np.ndarray] | None:
     online = name == "lira_online"
     in_mask, shadow_phi, target_phi = lira_inputs
     if fixed_variance is None:
@@ -407,11 +419,11 @@ def _lira(name, num_shadows, lira_inputs, is_member, fixed_variance, eval_kwargs
     if borrowed:
         notes.append(f"{lira.name}: the {' and '.join(s.upper() for s in borrowed)} standard deviation "
                      f"came from {'; '.join(borrowed.values())} (too few shadows per record)")
-    return lira.evaluate(target_phi, is_member, **eval_kwargs)
+    return lira.evaluate(target_phi, is_member, **eval_kwargs), lira.score_samples(target_phi)
 
 
 def _rmia(names, target, data, shadows, shadow_logits, evaluated, y_eval, signals, is_member, population,
-          kind, batch_size, eval_kwargs, notes, explicit) -> list[AttackResult]:
+          kind, batch_size, eval_kwargs, notes, explicit) -> list[tuple[AttackResult, np.ndarray]]:
     """RMIA's rows for ``names``: the true-class probabilities of the shadows and the target on the
     evaluated records and the population (default: the shadows' pool records not evaluated), and
     the IN masks of both (pool columns, else OUT everywhere), computed once for every variant."""
@@ -460,5 +472,6 @@ def _rmia(names, target, data, shadows, shadow_logits, evaluated, y_eval, signal
         if not online and rmia.offline_a_source_ == "default":
             notes.append(f"{rmia.name}: a is the default, not tuned (tuning needs 2 or more shadows and "
                          "records each shadow did and did not train on)")
-        results.append(rmia.evaluate(signals.true_class_probability, is_member, **eval_kwargs))
+        probs = signals.true_class_probability
+        results.append((rmia.evaluate(probs, is_member, **eval_kwargs), rmia.score_samples(probs)))
     return results
