@@ -1,37 +1,57 @@
-"""RMIA vs LiRA with few shadow models: Location30, undefended MLP target, 1, 2, 4 and 8 shadows.
+"""RMIA vs LiRA with few shadow models: Location30, undefended MLP target, offline and online shadows.
 
     python benchmarks/rmia_vs_lira.py [--data-dir /work/shared/data] [--shadows 8]
 
 Target: ``train_target`` with ``TrainConfig("mlp")`` defaults on ``membership_split(data.y, 1500,
-seed=0)``: 1,500 members, evaluated against 1,500 non-members. Shadows: 8, trained once on
-``shadow_pool(split, "online")`` (the evaluated records) with `train_shadows`, in complementary pairs
-(shadows 2i and 2i+1 split the pool in two halves), so the first k shadows, for every even k, hold each
-record IN for exactly k/2 of them and OUT for the other k/2. Every k uses the first k shadows' arrays,
-computed once. RMIA's population: the split's reference and shadow-pool records, which the target
-never saw and the attack does not evaluate (2,010 records).
+seed=0)``: 1,500 members, evaluated against 1,500 non-members; the split leaves 1,005 reference and
+1,005 shadow-pool records.
 
-Rows per k: RMIA offline (a tuned on the shadows, `tfmi.attacks.rmia`) and LiRA offline (fixed
-variance), the online variants of both, and the loss attack (its AUC and TPRs need no threshold, so
-they do not depend on the shadows). "n/a": the attack cannot run with these shadows (with one shadow
-half the records were IN for it, so they have no OUT value, and online attacks need IN and OUT).
-"seconds": fitting and scoring on precomputed probabilities / logit confidences; "RMIA extra s":
-RMIA's seconds plus the population inference it alone needs (the target and the 8 stacked shadows on
-the population, measured once), minus LiRA's seconds for the same variant.
+**Offline table** (RMIA's setting: few reference models, none trained on the evaluated records). 8
+shadows trained once with `train_shadows` on ``shadow_pool(split, "offline")`` (the 1,005 disjoint
+shadow-pool records; each shadow trains on a random half, ~502 records, a third of the target's
+1,500): every evaluated record is OUT for every shadow. For k = 1, 2, 4, 8 the first k shadows (a
+sliced `ShadowSet`) go to `run_attacks` once per attack, each call timed alone (the fastest of
+`REPEATS`; it includes the target's and the shadows' inference that call needs):
 
-Measured (2 shared CPU cores; target train/test accuracy 1.000/0.554): with k = 2, 4, 8 shadows RMIA
-offline (tuned a = 0: the shadows fit their IN records perfectly, p_IN ~ 1, so p(x) = (p_OUT + 1) / 2)
-reaches AUC 0.907/0.914/0.923, TPR@0.1% 0.162/0.137/0.184, TPR@1% 0.257/0.270/0.325; LiRA offline
-0.907/0.931/0.946, 0.089/0.215/0.331, 0.397/0.494/0.614; loss 0.930, 0.002, 0.021. RMIA online
-matches RMIA offline (a = 0 makes them the same estimate here); LiRA online reaches AUC 0.96 to 0.99.
-RMIA costs ~0.25 to 0.3 s more than LiRA (0.24 s of it the population inference). k = 1: no attack can
-run on the online pool (1,516 records were IN for the only shadow). This target memorizes every
-member (p_y ~ 1), where LiRA's logit scale separates 1 - 1e-5 from 1 - 1e-3 and RMIA's probability
-ratio cannot, so RMIA's AUC stays below the loss attack's while its low-FPR TPRs are far above it.
+- ``loss``: the loss threshold calibrated on the shadows' pool records (its AUC and TPRs need no
+  threshold, so they do not change with k; only its decision threshold does);
+- ``lira_offline``: LiRA offline, fixed variance (`run_attacks` picks it below 64 shadows);
+- ``rmia_offline`` with ``population=split.reference``: records the attacker holds that the target
+  never trained on and that are not evaluated, and that no shadow trained on either. Their membership
+  in every model is "OUT", so `tfmi.attacks.rmia`'s tuning of offline ``a`` (which attacks each shadow
+  with the others, on records whose membership in it is known, IN and OUT) has no IN record and
+  falls back to ``a = 0.3`` (`DEFAULT_OFFLINE_A`) at every k;
+- ``rmia_offline`` with the default population (`run_attacks`: the shadows' pool records not
+  evaluated, here the whole shadow pool): the paper's population may overlap the reference models'
+  training data, and these records' IN/OUT masks let ``a`` be tuned on the shadows (k >= 2).
+
+**Online table** (the earlier benchmark, k = 2, 4, 8). 8 other shadows on ``shadow_pool(split,
+"online")`` (the evaluated records) in complementary pairs (shadows 2i and 2i+1 split the pool in
+two halves), so the first k shadows hold each record IN for exactly k/2 of them. Attacks run on
+arrays computed once (`RMIA`/`LiRA` classes, not `run_attacks`); "seconds" is fitting and scoring
+only, "RMIA extra s" adds the population inference RMIA alone needs and subtracts LiRA's seconds.
+RMIA's population: reference and shadow-pool records (2,010). With one shadow nothing can run there
+(the records it trained on have no OUT value), hence k >= 2.
+
+Measured (2 shared CPU cores; target train/test accuracy 1.000/0.554; offline shadows 1.000/0.406,
+online shadows 1.000/0.553). Offline, k = 1/2/4/8: LiRA offline AUC 0.911/0.933/0.939/0.949, TPR@0.1%
+0.013/0.055/0.063/0.074, TPR@1% 0.314/0.300/0.378/0.469; RMIA offline (reference population, a = 0.3
+untuned) AUC 0.853/0.862/0.865/0.872, TPR@0.1% 0.012/0.040/0.023/0.033, TPR@1% 0.193/0.186/0.162/0.158;
+RMIA offline (shadow-pool population, a = 0.3 at k = 1, tuned a = 0 for k >= 2) AUC
+0.853/0.885/0.888/0.894, TPR@0.1% 0.021/0.025/0.035/0.018, TPR@1% 0.131/0.215/0.183/0.215; loss 0.930,
+0.002, 0.021. RMIA offline does not beat LiRA offline at any k here (at k = 1 the 0.1 % FPR TPRs tie
+within noise: 1,500 non-members allow one false positive). Calls take 0.1 to 1.1 s, RMIA 0 to 0.2 s
+more than LiRA (the population's inference). Online, k = 2/4/8: RMIA (a = 0, so offline = online)
+AUC 0.907/0.914/0.923, LiRA offline 0.907/0.931/0.946, LiRA online 0.964/0.989/0.990. This target
+memorizes every member (p_y ~ 1), where LiRA's logit scale separates 1 - 1e-5 from 1 - 1e-3 and
+RMIA's probability ratio cannot; the offline shadows also train on a third of the target's data
+(1,005-record pool), so their OUT probabilities run low, which hurts both attacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -42,15 +62,85 @@ import numpy as np  # noqa: E402
 from tfmi.attacks.lira import LiRA  # noqa: E402
 from tfmi.attacks.metrics import evaluate_scores  # noqa: E402
 from tfmi.attacks.rmia import RMIA  # noqa: E402
-from tfmi.attacks.shadow import sample_shadow_masks, train_shadows  # noqa: E402
+from tfmi.attacks.shadow import ShadowSet, sample_shadow_masks, train_shadows  # noqa: E402
 from tfmi.attacks.signals import compute_signals, model_outputs  # noqa: E402
-from tfmi.attacks.suite import shadow_pool  # noqa: E402
+from tfmi.attacks.suite import run_attacks, shadow_pool  # noqa: E402
 from tfmi.data import load_dataset, membership_split  # noqa: E402
 from tfmi.errors import TfmiError  # noqa: E402
 from tfmi.training import TrainConfig, train_target  # noqa: E402
 
-COUNTS = (1, 2, 4, 8)
+OFFLINE_COUNTS = (1, 2, 4, 8)
+ONLINE_COUNTS = (2, 4, 8)
+#: each offline run_attacks call is timed this many times; the fastest counts (the first pays warm-up)
+REPEATS = 3
 
+
+def cell(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def result_cells(result) -> tuple[str, str, str]:
+    return f"{result.auc:.3f}", cell(result.tpr_at_fpr[0.001]), cell(result.tpr_at_fpr[0.01])
+
+
+# --- offline: shadows on the disjoint shadow pool, attacks through run_attacks --------------------
+
+def first_shadows(shadows: ShadowSet, models: list, k: int) -> ShadowSet:
+    """The first ``k`` shadows of a batched `ShadowSet` as a sequential one over their Keras models
+    (``shadows.shadow_model(i)``, built once and shared by every k, so every k sees the same logits)."""
+    return dataclasses.replace(
+        shadows, masks=shadows.masks[:k], batched=False, train_accuracy=shadows.train_accuracy[:k],
+        test_accuracy=shadows.test_accuracy[:k], seeds=shadows.seeds[:k], _network=None,
+        _models=models[:k])
+
+
+def timed_report(target, data, split, shadows, attack, population):
+    """``(report, seconds)``: the fastest of `REPEATS` identical `run_attacks` calls."""
+    best, report = float("inf"), None
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        report = run_attacks(target, data, split.members, split.non_members, shadows=shadows,
+                             attacks=attack, population=population, oracle=False)
+        best = min(best, time.perf_counter() - start)
+    return report, best
+
+
+def offline_table(data, split, config, target, num_shadows: int) -> None:
+    pool = shadow_pool(split, "offline")
+    start = time.perf_counter()
+    shadows = train_shadows(data, pool, config, num_shadows=num_shadows, seed=1)
+    shadow_seconds = time.perf_counter() - start
+    models = [shadows.shadow_model(i) for i in range(num_shadows)]
+    reference = np.asarray(split.reference)
+    print(f"OFFLINE: {num_shadows} shadows on the disjoint shadow pool ({len(pool)} records, "
+          f"~{int(shadows.masks.sum(axis=1).mean())} IN each; {shadow_seconds:.0f} s), mean train/test "
+          f"accuracy {np.mean(shadows.train_accuracy):.3f}/{np.mean(shadows.test_accuracy):.3f}; RMIA "
+          f"population: split.reference ({len(reference)} records) or the default, the shadow pool "
+          f"({len(pool)})\n")
+    print(row("k", "attack", "RMIA population", "AUC", "TPR@0.1%", "TPR@1%", "seconds"))
+    print(row(*["---"] * 7))
+    runs = (("loss", "", reference), ("lira_offline", "", reference),
+            ("rmia_offline", "reference", reference), ("rmia_offline", "shadow pool (default)", None))
+    notes = []
+    for k in (c for c in OFFLINE_COUNTS if c <= num_shadows):
+        sub = first_shadows(shadows, models, k)
+        for attack, population_name, population in runs:
+            report, seconds = timed_report(target.model, data, split, sub, attack, population)
+            (result,) = report.results
+            print(row(k, result.attack, population_name, *result_cells(result), f"{seconds:.2f}"))
+            notes += [f"k={k}, {attack}{f' ({population_name})' if population_name else ''}: {note}"
+                      for note in report.notes]
+    if notes:
+        print("\nnotes from run_attacks:")
+        for note in notes:
+            print(f"- {note}")
+
+
+# --- online: shadows on the evaluated records, attacks on precomputed arrays ----------------------
 
 def paired_masks(num_records: int, num_shadows: int, seed: int) -> np.ndarray:
     """Complementary pairs of random halves: any even prefix is balanced."""
@@ -83,26 +173,11 @@ def timed(run, *args):
     return result, time.perf_counter() - start, ""
 
 
-def cell(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="/work/shared/data")
-    parser.add_argument("--shadows", type=int, default=max(COUNTS))
-    args = parser.parse_args()
-
-    data = load_dataset("location30", args.data_dir)
-    split = membership_split(data.y, 1500, seed=0)
-    config = TrainConfig("mlp")
-    start = time.perf_counter()
-    target = train_target(data, split, config, verbose=0)
-    target_seconds = time.perf_counter() - start
+def online_table(data, split, config, target, num_shadows: int) -> None:
     pool = shadow_pool(split, "online")
     start = time.perf_counter()
-    shadows = train_shadows(data, pool, config, num_shadows=args.shadows, seed=1,
-                            masks=paired_masks(len(pool), args.shadows, seed=1))
+    shadows = train_shadows(data, pool, config, num_shadows=num_shadows, seed=1,
+                            masks=paired_masks(len(pool), num_shadows, seed=1))
     shadow_seconds = time.perf_counter() - start
 
     evaluated = np.r_[split.members, split.non_members]
@@ -122,14 +197,14 @@ def main() -> None:
 
     loss = -target_signals.loss
     loss_result = evaluate_scores(loss[is_member], loss[~is_member], attack="loss")
-    print(f"location30 mlp: target train/test accuracy {target_signals.correct[is_member].mean():.3f}/"
-          f"{target_signals.correct[~is_member].mean():.3f} ({target_seconds:.0f} s); {args.shadows} shadows "
-          f"({shadow_seconds:.0f} s); population {len(population)} records (inference "
+    print(f"\nONLINE: {num_shadows} shadows on the evaluated records ({len(pool)}, {shadow_seconds:.0f} s), "
+          f"mean train/test accuracy {np.mean(shadows.train_accuracy):.3f}/"
+          f"{np.mean(shadows.test_accuracy):.3f}; population {len(population)} records (inference "
           f"{population_seconds:.2f} s)\n")
-    print("| k | attack | AUC | TPR@0.1% | TPR@1% | seconds | RMIA extra s vs LiRA |")
-    print("|---|---|---|---|---|---|---|")
+    print(row("k", "attack", "AUC", "TPR@0.1%", "TPR@1%", "seconds", "RMIA extra s vs LiRA"))
+    print(row(*["---"] * 7))
     reasons = {}
-    for k in (c for c in COUNTS if c <= args.shadows):
+    for k in (c for c in ONLINE_COUNTS if c <= num_shadows):
         mask, p, phi = in_mask[:k], shadow_p[:k], shadow_phi[:k]
         for online in (False, True):
             variant = "online" if online else "offline"
@@ -139,20 +214,38 @@ def main() -> None:
             extra = f"{r_s + population_seconds - lr_s:+.2f}" if r is not None and lr is not None else "n/a"
             for name, result, seconds, why in ((f"RMIA {variant}", r, r_s, r_why),
                                               (f"LiRA {variant}, fixed variance", lr, lr_s, lr_why)):
-                label = result.attack if result is not None else name
                 if result is None:
                     reasons[(k, name)] = why
-                    print(f"| {k} | {label} | n/a | n/a | n/a | n/a | |")
+                    print(row(k, name, "n/a", "n/a", "n/a", "n/a", ""))
                     continue
-                print(f"| {k} | {label} | {result.auc:.3f} | {cell(result.tpr_at_fpr[0.001])} | "
-                      f"{cell(result.tpr_at_fpr[0.01])} | {seconds:.2f} | "
-                      f"{extra if name.startswith('RMIA') else ''} |")
-        print(f"| {k} | loss | {loss_result.auc:.3f} | {cell(loss_result.tpr_at_fpr[0.001])} | "
-              f"{cell(loss_result.tpr_at_fpr[0.01])} | | |")
+                print(row(k, result.attack, *result_cells(result), f"{seconds:.2f}",
+                          extra if name.startswith("RMIA") else ""))
+        print(row(k, "loss (no threshold needed)", *result_cells(loss_result), "", ""))
     if reasons:
         print()
         for (k, name), why in reasons.items():
             print(f"n/a, k={k}, {name}: {why}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="/work/shared/data")
+    parser.add_argument("--shadows", type=int, default=max(OFFLINE_COUNTS),
+                        help="shadows trained per setting (offline and online)")
+    args = parser.parse_args()
+
+    data = load_dataset("location30", args.data_dir)
+    split = membership_split(data.y, 1500, seed=0)
+    config = TrainConfig("mlp")
+    start = time.perf_counter()
+    target = train_target(data, split, config, verbose=0)
+    target_seconds = time.perf_counter() - start
+    evaluated = np.r_[split.members, split.non_members]
+    correct = compute_signals(model_outputs(target.model, data.x[evaluated]), data.y[evaluated]).correct
+    print(f"location30 mlp target: train/test accuracy {correct[:len(split.members)].mean():.3f}/"
+          f"{correct[len(split.members):].mean():.3f} ({target_seconds:.0f} s)\n")
+    offline_table(data, split, config, target, args.shadows)
+    online_table(data, split, config, target, args.shadows)
 
 
 if __name__ == "__main__":
