@@ -1,12 +1,15 @@
-"""Defenses against attacks, over seeds: one resumable cell per (defense, seed).
+"""Defenses against attacks, over seeds: one resumable cell per (defense setting, seed).
 
 A `BenchmarkSpec` fixes the dataset, model, training, attacks and shadow count; its cells are the
-(defense, seed) pairs. `run_cell` trains the target with the defense, trains its shadows the same
-way (same model, training and defense, on random halves of the target's members and non-members:
-the online LiRA setting) and runs every attack. A `CellStore` keeps each finished cell as one JSON
-file named by the hash of its full configuration (and of the data), written atomically, so an
-interrupted benchmark re-run skips the cells it finished. `summarize` turns the cells into one row
-per defense: mean and spread (sample standard deviation) over seeds.
+(defense setting, seed) pairs. A defense may appear with several settings (variants, e.g. from a
+`Sweep` through `expand_sweeps`): each is one row, named by its `variant_labels` label. `run_cell`
+trains the target with the defense, trains its shadows the same way (same model, training and
+defense, on random halves of the target's members and non-members: the online LiRA setting) and runs
+every attack. Shadows are never shared between settings: a defended target's shadows train with its
+own setting. A `CellStore` keeps each finished cell as one JSON file named by the hash of its full
+configuration (and of the data), written atomically, so an interrupted benchmark re-run skips the
+cells it finished. `summarize` turns the cells into one row per defense setting: mean and spread
+(sample standard deviation) over seeds.
 
 >>> spec = BenchmarkSpec(dataset="digits", data_fingerprint="abc", train=TrainConfig("mlp", epochs=2),
 ...                      defenses=(DefenseConfig("none"), DefenseConfig("l2")), seeds=(0, 1),
@@ -15,6 +18,9 @@ per defense: mean and spread (sample standard deviation) over seeds.
 [('none', 0), ('none', 1), ('l2', 0), ('l2', 1)]
 >>> spec.cells()[0].key() == spec.cells()[0].key() != spec.cells()[1].key()
 True
+>>> swept = expand_sweeps(spec.defenses, [parse_sweep("l2:l2=1e-4,1e-2")])
+>>> dataclasses.replace(spec, defenses=swept).labels
+('none', 'l2 (l2=0.0001)', 'l2 (l2=0.01)')
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +45,7 @@ import numpy as np
 from tfmi.attacks.metrics import DEFAULT_DELTA
 from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, AttackReport
 from tfmi.data.dataset import Dataset
-from tfmi.defenses.config import DefenseConfig
+from tfmi.defenses.config import DEFENSE_NAMES, DefenseConfig
 from tfmi.errors import TfmiError
 from tfmi.safe_write import (
     add_to_marker,
@@ -67,11 +76,16 @@ def data_fingerprint(data: Dataset) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (defense, seed) run of a benchmark."""
+    """One (defense setting, seed) run of a benchmark."""
 
     spec: BenchmarkSpec
     defense: DefenseConfig
     seed: int
+
+    @property
+    def label(self) -> str:
+        """The row this cell belongs to (see `variant_labels`); not part of the key."""
+        return self.spec.label_of(self.defense)
 
     def to_dict(self) -> dict[str, Any]:
         base = self.spec.to_dict()
@@ -86,7 +100,11 @@ class Cell:
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """What a benchmark runs: every defense on every seed, each attacked with ``attacks``."""
+    """What a benchmark runs: every defense setting on every seed, each attacked with ``attacks``.
+
+    ``defenses`` may hold several settings of one defense (variants); two settings with the same
+    parameters (same ``to_dict``) are refused. Rows are named by `variant_labels`.
+    """
 
     dataset: str
     data_fingerprint: str
@@ -99,11 +117,16 @@ class BenchmarkSpec:
     reference_size: int | None = None
 
     def __post_init__(self) -> None:
-        names = [d.name for d in self.defenses]
-        if not names:
+        if not self.defenses:
             raise TfmiError("no defense given: use e.g. --defenses none,mmd-mixup,dp-sgd")
-        if len(set(names)) != len(names):
-            raise TfmiError(f"a defense is listed twice in {','.join(names)}: list each once")
+        seen: set[str] = set()
+        for defense in self.defenses:
+            text = json.dumps(defense.to_dict(), sort_keys=True)
+            if text in seen:
+                setting = _setting_text(defense)
+                raise TfmiError(f"the defense setting {setting} is listed twice (in --defenses or a "
+                                "--sweep): list each once")
+            seen.add(text)
         if not self.seeds:
             raise TfmiError("no seed given: use --seeds 1 or more")
         if self.num_shadows < 0:
@@ -130,8 +153,194 @@ class BenchmarkSpec:
             "reference_size": self.reference_size,
         }
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """One unique row label per defense setting, in order (see `variant_labels`)."""
+        return variant_labels(self.defenses)
+
+    def label_of(self, defense: DefenseConfig) -> str:
+        return self.labels[self.defenses.index(defense)]
+
     def cells(self) -> list[Cell]:
         return [Cell(self, d, s) for d in self.defenses for s in self.seeds]
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Values of one `DefenseConfig` field to try for one defense: one benchmark row per value.
+
+    Build it with `parse_sweep` from ``DEFENSE:PARAM=V1,V2,...``; `expand_sweeps` turns sweeps into
+    the defense settings of a `BenchmarkSpec`.
+
+    >>> Sweep("dp-sgd", "noise_multiplier", (0.5, 1.0)).text
+    'dp-sgd:noise_multiplier=0.5,1'
+    """
+
+    defense: str
+    field: str
+    values: tuple[Any, ...]
+
+    @property
+    def text(self) -> str:
+        return f"{self.defense}:{self.field}=" + ",".join(format_value(v) for v in self.values)
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as labels show it: floats as short as they round-trip, tuples joined by ``+``.
+
+    >>> format_value(20.0), format_value(1e-4), format_value(0.30000000000000004), format_value((1.0, 2.5))
+    ('20', '0.0001', '0.30000000000000004', '1+2.5')
+    """
+    if isinstance(value, tuple | list):
+        return "+".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def _field_type(name: str) -> tuple[type, bool]:
+    """The scalar type of a `DefenseConfig` field, and whether the field is a tuple of them."""
+    hint = typing.get_type_hints(DefenseConfig)[name]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint, False
+
+
+def _parse_value(text: str, kind: type, sweep: str, field_name: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise TfmiError(f"--sweep {sweep}: {text!r} is not {what} ({field_name} takes "
+                        f"{kind.__name__} values, e.g. 1,2,3)") from None
+
+
+def parse_sweep(text: str, aliases: Mapping[str, str] | None = None) -> Sweep:
+    """Parse ``DEFENSE:PARAM=V1,V2,...``; PARAM is a `DefenseConfig` field or its option name.
+
+    ``mmd-weight`` and ``mmd_weight`` both name the field ``mmd_weight``; ``aliases`` maps further
+    names (the CLI passes its option names, e.g. ``mmd-bandwidth`` for ``mmd_bandwidths``). Values
+    are parsed with the field's type (``+`` joins the numbers of a tuple field: ``0.5+2``); their
+    ranges are checked by `DefenseConfig` in `expand_sweeps`. The defense must use the field.
+
+    >>> parse_sweep("mmd-mixup:mmd-weight=0.5,2,6.5")
+    Sweep(defense='mmd-mixup', field='mmd_weight', values=(0.5, 2.0, 6.5))
+    >>> parse_sweep("l2:dropout=0.1")
+    Traceback (most recent call last):
+    ...
+    tfmi.errors.TfmiError: --sweep l2:dropout=0.1: l2 does not use dropout; sweep one of its parameters: l2
+    """
+    defense, colon, rest = text.partition(":")
+    param, equals, values_text = rest.partition("=")
+    defense, param = defense.strip(), param.strip()
+    if not colon or not equals or not defense or not param:
+        raise TfmiError(f"--sweep {text!r} is not DEFENSE:PARAM=V1,V2,...: write e.g. "
+                        "--sweep mmd-mixup:mmd-weight=0.5,2,6.5")
+    if defense not in DEFENSE_NAMES:
+        raise TfmiError(f"--sweep {text}: unknown defense {defense!r}: use one of {', '.join(DEFENSE_NAMES)}")
+    known = {f.name for f in dataclasses.fields(DefenseConfig)} - {"name"}
+    names = {**{k.replace("-", "_"): v for k, v in (aliases or {}).items()}, **{k: k for k in known}}
+    field_name = names.get(param.lstrip("-").replace("-", "_"))
+    relevant = DefenseConfig(defense).relevant_fields()
+    if field_name is None:
+        raise TfmiError(f"--sweep {text}: unknown parameter {param!r}: use a defense option name such as "
+                        "mmd-weight or l2 (see `tfmi train --help`)")
+    if not relevant:
+        raise TfmiError(f"--sweep {text}: {defense} has no parameters to sweep: sweep another defense")
+    if field_name not in relevant:
+        raise TfmiError(f"--sweep {text}: {defense} does not use {field_name}; sweep one of its "
+                        f"parameters: {', '.join(relevant)}")
+    parts = [v.strip() for v in values_text.split(",")]
+    if not any(parts):
+        raise TfmiError(f"--sweep {text}: no values: list them after '=', e.g. {defense}:{param}=1,2")
+    if not all(parts):
+        raise TfmiError(f"--sweep {text}: an empty value between commas: remove the extra comma")
+    kind, is_tuple = _field_type(field_name)
+    values = []
+    for part in parts:
+        if is_tuple:
+            value = tuple(_parse_value(p.strip(), kind, text, field_name) for p in part.split("+"))
+        else:
+            value = _parse_value(part, kind, text, field_name)
+        if value in values:
+            raise TfmiError(f"--sweep {text}: the value {part} is listed twice: list each value once")
+        values.append(value)
+    return Sweep(defense, field_name, tuple(values))
+
+
+def expand_sweeps(defenses: Sequence[DefenseConfig], sweeps: Sequence[Sweep]) -> tuple[DefenseConfig, ...]:
+    """The defense settings of a benchmark: ``defenses`` with each swept defense replaced by its variants.
+
+    A swept defense's single setting in ``defenses`` (its other parameters) is replaced, at its place,
+    by one setting per swept value; a swept defense not in ``defenses`` is added at the end (from its
+    defaults). Several sweeps of one defense (different fields) combine as a grid, the first sweep
+    varying slowest; the same field swept twice is refused. Every setting passes `DefenseConfig`'s
+    checks here, before any work.
+
+    >>> rows = expand_sweeps([DefenseConfig("none")], [Sweep("dp-sgd", "noise_multiplier", (0.5, 1.0)),
+    ...                                              Sweep("dp-sgd", "l2_norm_clip", (1.0, 2.0))])
+    >>> [(d.name, d.noise_multiplier, d.l2_norm_clip) for d in rows][1:3]
+    [('dp-sgd', 0.5, 1.0), ('dp-sgd', 0.5, 2.0)]
+    >>> variant_labels(rows)[1]
+    'dp-sgd (l2_norm_clip=1, noise_multiplier=0.5)'
+    """
+    by_defense: dict[str, list[Sweep]] = {}
+    for sweep in sweeps:
+        group = by_defense.setdefault(sweep.defense, [])
+        twice = next((s for s in group if s.field == sweep.field), None)
+        if twice is not None:
+            raise TfmiError(f"--sweep {sweep.text}: {sweep.defense}'s {sweep.field} is already swept by "
+                            f"--sweep {twice.text}: give all its values in one --sweep")
+        group.append(sweep)
+    for name in by_defense:
+        listed = [d for d in defenses if d.name == name]
+        if len(listed) > 1:
+            raise TfmiError(f"{name} is swept but listed {len(listed)} times: list it once, or not at all")
+    out: list[DefenseConfig] = []
+    bases = list(defenses) + [DefenseConfig(n) for n in by_defense if all(d.name != n for d in defenses)]
+    for base in bases:
+        group = by_defense.get(base.name)
+        if not group:
+            out.append(base)
+            continue
+        for combination in itertools.product(*(s.values for s in group)):
+            changes = {s.field: v for s, v in zip(group, combination, strict=True)}
+            try:
+                out.append(dataclasses.replace(base, **changes))
+            except TfmiError as error:
+                setting = ", ".join(f"{k}={format_value(v)}" for k, v in changes.items())
+                raise TfmiError(f"--sweep {base.name} ({setting}): {error}") from None
+    return tuple(out)
+
+
+def variant_labels(defenses: Sequence[DefenseConfig]) -> tuple[str, ...]:
+    """Row labels: a defense's name, plus the parameters that differ between its settings when it has several.
+
+    >>> variant_labels([DefenseConfig("none"), DefenseConfig("l2", l2=1e-4), DefenseConfig("l2", l2=0.01)])
+    ('none', 'l2 (l2=0.0001)', 'l2 (l2=0.01)')
+    """
+    settings = [d.to_dict() for d in defenses]
+    labels = []
+    for setting in settings:
+        same = [s for s in settings if s["name"] == setting["name"]]
+        varying = [k for k in setting if k != "name" and any(s.get(k) != setting[k] for s in same)]
+        if not varying:
+            labels.append(setting["name"])
+        else:
+            labels.append(setting["name"] + " (" + ", ".join(f"{k}={format_value(setting[k])}"
+                                                             for k in varying) + ")")
+    return tuple(labels)
+
+
+def _setting_text(defense: DefenseConfig) -> str:
+    params = ", ".join(f"{k}={format_value(v)}" for k, v in defense.to_dict().items() if k != "name")
+    return f"{defense.name} ({params})" if params else defense.name
 
 
 def run_cell(
@@ -162,6 +371,7 @@ def run_cell(
         "cell": cell.to_dict(),
         "key": cell.key(),
         "defense": cell.defense.name,
+        "label": cell.label,
         "seed": cell.seed,
         "train_accuracy": target.train_accuracy,
         "test_accuracy": target.test_accuracy,
@@ -298,7 +508,7 @@ class AttackSummary:
 
 @dataclass
 class DefenseRow:
-    """One defense over its seeds."""
+    """One defense setting over its seeds; ``defense`` is its row label, ``name`` the defense's name."""
 
     defense: str
     seeds: int
@@ -309,6 +519,11 @@ class DefenseRow:
     delta: float | None
     epsilon_lower_bound: Stat = field(default_factory=lambda: Stat(None, 0.0))
     attacks: list[AttackSummary] = field(default_factory=list)
+    name: str = ""
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.defense
 
     def best_attack(self) -> AttackSummary | None:
         """The realistic (non-oracle) attack with the highest mean max advantage (threshold-free)."""
@@ -318,15 +533,17 @@ class DefenseRow:
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[DefenseRow]:
-    """One `DefenseRow` per defense, in first-seen order, from `run_cell` records."""
-    by_defense: dict[str, list[dict]] = {}
+    """One `DefenseRow` per row label (the defense's name in records without one), in first-seen order,
+    from `run_cell` records."""
+    by_label: dict[str, list[dict]] = {}
     for r in records:
-        by_defense.setdefault(r["defense"], []).append(r)
+        by_label.setdefault(r.get("label") or r["defense"], []).append(r)
     rows = []
-    for name, group in by_defense.items():
+    for label, group in by_label.items():
         reports = [AttackReport.from_dict(r["report"]) for r in group]
         row = DefenseRow(
-            defense=name, seeds=len(group),
+            defense=label, name=group[0]["defense"], seeds=len(group),
+            seconds=sum(float(r.get("seconds") or 0.0) for r in group),
             train_accuracy=Stat.of([r["train_accuracy"] for r in group]),
             test_accuracy=Stat.of([r["test_accuracy"] for r in group]),
             gap=Stat.of([r["generalization_gap"] for r in group]),
@@ -364,7 +581,7 @@ ATTACK_HEADERS = ("defense", "attack", "accuracy", "max adv.", "achieved adv.", 
 
 
 def summary_table_rows(rows: Sequence[DefenseRow]) -> list[list[object]]:
-    """One line per defense: utility, epsilon, and the strongest realistic attack."""
+    """One line per defense setting: utility, epsilon, and the strongest realistic attack."""
     out = []
     for row in rows:
         best = row.best_attack()
@@ -382,7 +599,7 @@ def summary_table_rows(rows: Sequence[DefenseRow]) -> list[list[object]]:
 
 
 def attack_table_rows(rows: Sequence[DefenseRow], include_oracle: bool = True) -> list[list[object]]:
-    """One line per (defense, attack)."""
+    """One line per (defense setting, attack)."""
     return [
         [row.defense, a.label, a.accuracy.format(), a.advantage.format(), a.achieved_advantage.format(),
          a.auc.format(), a.tpr_at_01pct.format(), a.tpr_at_1pct.format()]

@@ -1,4 +1,5 @@
-"""Figures for membership inference results: ROC curves, signal histograms, privacy-utility scatter.
+"""Figures for membership inference results: ROC curves, signal histograms, privacy-utility scatter
+and frontiers.
 
 Figures are built as ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, without
 ``pyplot``: no global backend is selected (other users of matplotlib are unaffected), nothing is
@@ -40,8 +41,10 @@ if TYPE_CHECKING:  # Signals lives in a module that imports TensorFlow: keep thi
 
     from tfmi.attacks.metrics import AttackResult
     from tfmi.attacks.signals import Signals
+    from tfmi.frontier import FrontierPoint
 
-__all__ = ["PrivacyUtilityPoint", "plot_privacy_utility", "plot_roc", "plot_signal_histograms"]
+__all__ = ["PrivacyUtilityPoint", "plot_frontier", "plot_privacy_utility", "plot_roc",
+           "plot_signal_histograms"]
 
 FIGSIZE = (6.0, 4.5)
 DPI = 120
@@ -311,3 +314,84 @@ def plot_privacy_utility(
     True
     """
     return _save_atomically(lambda: _privacy_utility_figure(points, title=title, x_label=x_label), path)
+
+
+# ----------------------------------------------------------------------------------------- frontier
+
+
+def _frontier_figure(points: Sequence[FrontierPoint], *, title: str = "") -> Figure:
+    """The two-panel figure of `plot_frontier`, not yet saved.
+
+    Each line's ``gid`` names what it draws: ``"<defense>:points"`` (every setting of the defense) and
+    ``"<defense>:frontier"`` (its Pareto-optimal settings joined, by increasing privacy metric).
+    """
+    from tfmi.frontier import METRICS, UNDEFENDED, pareto_front
+
+    points = list(points)
+    if not points:
+        raise TfmiError("no frontier points to plot: pass at least one FrontierPoint")
+    for i, p in enumerate(points):
+        what = f"point {i} ({getattr(p, 'label', '?')})"
+        if not all(hasattr(p, k) for k in ("label", "defense", "test_accuracy", *METRICS)):
+            raise TfmiError(f"{what} is not a FrontierPoint (got {type(p).__name__})")
+        _finite_number(p.test_accuracy, f"{what} test accuracy")
+        for metric in METRICS:
+            if getattr(p, metric) is not None:
+                _finite_number(getattr(p, metric), f"{what} {metric}")
+    defenses = list(dict.fromkeys(p.defense for p in points))
+
+    fig = _new_figure((2 * FIGSIZE[0], FIGSIZE[1]))
+    axes = fig.subplots(1, len(METRICS), squeeze=False).ravel()
+    for ax, (metric, name) in zip(axes, METRICS.items(), strict=True):
+        colors = iter(f"C{i}" for i in range(10_000))
+        drawn = 0
+        for defense in defenses:
+            group = [p for p in points if p.defense == defense and getattr(p, metric) is not None]
+            if not group:
+                continue
+            drawn += len(group)
+            xs = [getattr(p, metric) for p in group]
+            ys = [p.test_accuracy for p in group]
+            if defense == UNDEFENDED:
+                ax.plot(xs, ys, ls="none", marker="*", ms=13, color="black", label="none (undefended)",
+                        gid=f"{defense}:points", zorder=3)
+                continue
+            color = next(colors)
+            ax.plot(xs, ys, ls="none", marker="o", ms=5, alpha=0.45, color=color, gid=f"{defense}:points")
+            for p, x, y in zip(group, xs, ys, strict=True):
+                setting = p.label.removeprefix(defense).strip(" ()")
+                if setting:
+                    ax.annotate(setting, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6,
+                                color=color)
+            front = pareto_front(group, metric)
+            ax.plot([getattr(p, metric) for p in front], [p.test_accuracy for p in front], marker="o", ms=6,
+                    lw=1.5, color=color, label=defense, gid=f"{defense}:frontier")
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center")
+        ax.set_xlabel(f"{name} (lower = more private)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frontier(points: Sequence[FrontierPoint], path: str | os.PathLike, *, title: str = "") -> Path:
+    """Test accuracy vs the best attack's TPR@1%FPR (left) and max advantage (right), saved to ``path``.
+
+    Every point is drawn, annotated with its setting (its label without the defense's name); one line
+    per defense joins its Pareto-optimal points (`tfmi.frontier`); the undefended model (defense
+    ``none``) is a black star. Points without a metric are left out of that panel.
+
+    >>> import os, tempfile
+    >>> from tfmi.frontier import FrontierPoint
+    >>> pts = [FrontierPoint("none", "none", 0.9, 0.10, 0.40),
+    ...        FrontierPoint("l2 (l2=1)", "l2", 0.6, 0.01, 0.05),
+    ...        FrontierPoint("l2 (l2=0.1)", "l2", 0.8, 0.04, 0.20)]
+    >>> plot_frontier(pts, os.path.join(tempfile.mkdtemp(), "frontier.png")).stat().st_size > 1000
+    True
+    """
+    return _save_atomically(lambda: _frontier_figure(points, title=title), path)

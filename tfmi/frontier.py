@@ -1,0 +1,232 @@
+"""Privacy-utility frontiers of a benchmark's defense settings (e.g. from ``tfmi benchmark --sweep``).
+
+Each benchmark row (one defense setting, averaged over its seeds) is a `FrontierPoint`: its mean test
+accuracy (utility, higher is better) and two privacy metrics (lower is better), both taken from the
+realistic attacks only (thresholds from shadow models, learned attacks, LiRA, RMIA; never the oracle
+rows):
+
+* ``tpr_at_1pct``: the highest mean TPR at 1 % FPR of any realistic attack, the low-FPR regime
+  that matters for membership inference (None when no attack can measure it: fewer than 100
+  non-members);
+* ``advantage``: the highest mean max advantage (max TPR - FPR over thresholds) of any realistic
+  attack, the row's *best attack* in the benchmark tables.
+
+Per defense, over its settings:
+
+* `pareto_front`: the settings no other setting of the defense beats on both axes (at least as
+  accurate and at most as exposed, strictly better on one);
+* `best_accuracy_at`: the best test accuracy among settings whose metric is at most a limit (the
+  summary uses TPR@1%FPR <= 5 % and <= 2 %), None if no setting reaches it;
+* `frontier_area`: the area under the step function ``f(x) = best test accuracy among settings with
+  metric <= x`` (0 where no setting qualifies) for ``x`` in ``[0, x_max]``, divided by ``x_max``:
+  the mean best accuracy over privacy budgets up to ``x_max``, in [0, 1], higher is better. The
+  benchmark uses one ``x_max`` for all defenses, the largest value of the metric over all its rows
+  (usually the undefended model's), so areas of one benchmark compare; they do not compare across
+  benchmarks. A setting at ``x_max`` adds nothing (the undefended model scores 0): the area rewards
+  accuracy kept at lower leakage than the worst measured. With ``x_max = 0`` it is the best
+  accuracy at metric 0.
+
+>>> points = [FrontierPoint("l2 (l2=0.1)", "l2", 0.5, 0.01, 0.05),
+...           FrontierPoint("l2 (l2=0.01)", "l2", 0.8, 0.03, 0.20),
+...           FrontierPoint("l2 (l2=0.001)", "l2", 0.7, 0.04, 0.25)]
+>>> [p.label for p in pareto_front(points)]
+['l2 (l2=0.1)', 'l2 (l2=0.01)']
+>>> best_accuracy_at(points, 0.02), best_accuracy_at(points, 0.005)
+(0.5, None)
+>>> round(frontier_area(points, x_max=0.05), 6)  # (0.02 * 0.5 + 0.02 * 0.8) / 0.05
+0.52
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tfmi.errors import TfmiError
+
+if TYPE_CHECKING:
+    from tfmi.benchmark import DefenseRow
+
+#: the privacy metrics of a `FrontierPoint`, with how tables and plots name them
+METRICS = {
+    "tpr_at_1pct": "best attack's TPR@1%FPR",
+    "advantage": "best attack's max advantage",
+}
+#: TPR@1%FPR limits at which the summary reports the best reachable test accuracy
+TPR_LIMITS = (0.05, 0.02)
+#: the undefended defense, marked apart in plots
+UNDEFENDED = "none"
+
+FRONTIER_HEADERS = ("defense", "points", "on frontier", *(f"best test acc @ TPR@1% <= {limit:.0%}"
+                                                          for limit in TPR_LIMITS),
+                    "frontier area (TPR@1%)", "frontier area (max adv.)")
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One defense setting: mean test accuracy and mean privacy metrics over its seeds (None: unmeasured)."""
+
+    label: str
+    defense: str
+    test_accuracy: float
+    tpr_at_1pct: float | None
+    advantage: float | None
+
+    def metric(self, name: str) -> float | None:
+        return getattr(self, _check_metric(name))
+
+
+@dataclass
+class DefenseFrontier:
+    """One defense's frontier summary over its settings (see the module docstring)."""
+
+    defense: str
+    points: list[FrontierPoint]
+    front: list[FrontierPoint]
+    front_advantage: list[FrontierPoint]
+    best_at: dict[float, float | None]
+    area: float | None
+    area_advantage: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "defense": self.defense,
+            "points": [p.label for p in self.points],
+            "frontier_tpr_at_1pct": [p.label for p in self.front],
+            "frontier_advantage": [p.label for p in self.front_advantage],
+            "best_test_accuracy_at_tpr_at_1pct": {f"{limit:g}": acc for limit, acc in self.best_at.items()},
+            "area_tpr_at_1pct": self.area,
+            "area_advantage": self.area_advantage,
+        }
+
+
+def _check_metric(name: str) -> str:
+    if name not in METRICS:
+        raise TfmiError(f"unknown privacy metric {name!r}: use one of {', '.join(METRICS)}")
+    return name
+
+
+def frontier_points(rows: Sequence[DefenseRow]) -> list[FrontierPoint]:
+    """One `FrontierPoint` per benchmark row (from `tfmi.benchmark.summarize`) with a test accuracy.
+
+    >>> from tfmi.benchmark import AttackSummary, DefenseRow, Stat
+    >>> def attack(name, source, adv, tpr):
+    ...     s = Stat(None, 0.0)
+    ...     return AttackSummary(name, source, s, Stat(adv, 0.0), s, s, Stat(tpr, 0.0), s)
+    >>> row = DefenseRow("l2 (l2=0.01)", 2, Stat(1.0, 0), Stat(0.8, 0), Stat(0.2, 0), Stat(None, 0), None,
+    ...                  attacks=[attack("loss", "shadow", 0.3, 0.02), attack("lira", "lira", 0.2, 0.06),
+    ...                           attack("loss", "oracle", 0.9, 0.9)], name="l2")
+    >>> frontier_points([row])
+    [FrontierPoint(label='l2 (l2=0.01)', defense='l2', test_accuracy=0.8, tpr_at_1pct=0.06, advantage=0.3)]
+    """
+    points = []
+    for row in rows:
+        if row.test_accuracy.mean is None:
+            continue
+        realistic = [a for a in row.attacks if a.threshold_source != "oracle"]
+        tprs = [a.tpr_at_1pct.mean for a in realistic if a.tpr_at_1pct.mean is not None]
+        advantages = [a.advantage.mean for a in realistic if a.advantage.mean is not None]
+        points.append(FrontierPoint(row.defense, row.name, row.test_accuracy.mean,
+                                    max(tprs) if tprs else None, max(advantages) if advantages else None))
+    return points
+
+
+def _measured(points: Sequence[FrontierPoint], metric: str) -> list[tuple[float, float, FrontierPoint]]:
+    out = []
+    for p in points:
+        x = p.metric(metric)
+        if x is None:
+            continue
+        if not (math.isfinite(x) and math.isfinite(p.test_accuracy)):
+            raise TfmiError(f"{p.label} has a NaN or infinite {metric} or test accuracy: fix the values")
+        out.append((float(x), float(p.test_accuracy), p))
+    return out
+
+
+def pareto_front(points: Sequence[FrontierPoint], metric: str = "tpr_at_1pct") -> list[FrontierPoint]:
+    """The Pareto-optimal points (maximize test accuracy, minimize ``metric``), by increasing ``metric``.
+
+    Points without ``metric`` are left out; equal points are all kept.
+    """
+    measured = _measured(points, _check_metric(metric))
+    front = [
+        (x, acc, p) for x, acc, p in measured
+        if not any(x2 <= x and a2 >= acc and (x2 < x or a2 > acc) for x2, a2, _ in measured)
+    ]
+    return [p for _, _, p in sorted(front, key=lambda t: (t[0], -t[1]))]
+
+
+def best_accuracy_at(points: Sequence[FrontierPoint], limit: float,
+                     metric: str = "tpr_at_1pct") -> float | None:
+    """The best test accuracy among points whose ``metric`` is <= ``limit``; None if there is none."""
+    accuracies = [acc for x, acc, _ in _measured(points, _check_metric(metric)) if x <= limit]
+    return max(accuracies) if accuracies else None
+
+
+def frontier_area(points: Sequence[FrontierPoint], x_max: float | None = None,
+                  metric: str = "tpr_at_1pct") -> float | None:
+    """Normalized area under the frontier's step function on ``[0, x_max]`` (see the module docstring).
+
+    ``x_max`` defaults to the largest ``metric`` of ``points``; None when no point has the metric.
+
+    >>> pts = [FrontierPoint("a", "d", 0.6, 0.0, None), FrontierPoint("b", "d", 0.9, 0.5, None)]
+    >>> frontier_area(pts), frontier_area(pts, x_max=1.0)
+    (0.6, 0.75)
+    """
+    measured = _measured(points, _check_metric(metric))
+    if not measured:
+        return None
+    if x_max is None:
+        x_max = max(x for x, _, _ in measured)
+    if not (math.isfinite(x_max) and x_max >= 0):
+        raise TfmiError(f"x_max must be a finite number >= 0, got {x_max!r}")
+    if x_max == 0:
+        return best_accuracy_at(points, 0.0, metric) or 0.0
+    steps = sorted((x, acc) for x, acc, _ in measured if x <= x_max)
+    area, best = 0.0, 0.0
+    for i, (x, acc) in enumerate(steps):  # f(x) is the best accuracy so far, from x to the next point
+        best = max(best, acc)
+        end = steps[i + 1][0] if i + 1 < len(steps) else x_max
+        area += best * (end - x)
+    return area / x_max
+
+
+def summarize_frontiers(points: Sequence[FrontierPoint]) -> list[DefenseFrontier]:
+    """One `DefenseFrontier` per defense, in first-seen order; areas share the largest metric of all points.
+
+    >>> pts = [FrontierPoint("none", "none", 0.9, 0.10, 0.40),
+    ...        FrontierPoint("l2 (l2=1)", "l2", 0.6, 0.01, 0.05),
+    ...        FrontierPoint("l2 (l2=0.1)", "l2", 0.8, 0.04, 0.20)]
+    >>> l2 = summarize_frontiers(pts)[1]
+    >>> l2.best_at, round(l2.area, 4)  # (0.03 * 0.6 + 0.06 * 0.8) / 0.1
+    ({0.05: 0.8, 0.02: 0.6}, 0.66)
+    """
+    x_max = {m: max((x for x, _, _ in _measured(points, m)), default=None) for m in METRICS}
+    by_defense: dict[str, list[FrontierPoint]] = {}
+    for p in points:
+        by_defense.setdefault(p.defense, []).append(p)
+    return [
+        DefenseFrontier(
+            defense=name, points=group, front=pareto_front(group, "tpr_at_1pct"),
+            front_advantage=pareto_front(group, "advantage"),
+            best_at={limit: best_accuracy_at(group, limit) for limit in TPR_LIMITS},
+            area=frontier_area(group, x_max["tpr_at_1pct"], "tpr_at_1pct"),
+            area_advantage=frontier_area(group, x_max["advantage"], "advantage"),
+        )
+        for name, group in by_defense.items()
+    ]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def frontier_table_rows(frontiers: Sequence[DefenseFrontier]) -> list[list[object]]:
+    """One line per defense, under `FRONTIER_HEADERS` (``-``: unreachable or unmeasured)."""
+    return [
+        [f.defense, len(f.points), len(f.front), *(_fmt(f.best_at[limit]) for limit in TPR_LIMITS),
+         _fmt(f.area), _fmt(f.area_advantage)]
+        for f in frontiers
+    ]
