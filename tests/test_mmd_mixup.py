@@ -355,3 +355,183 @@ def test_mirrored_strategy_on_two_logical_cpus():
                             env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "joint ok" in result.stdout and "paper ok" in result.stdout
+
+
+# --- the paper schedule's MMD pass: logging, its own optimizer, reference refresh ----------------------
+
+def _clusters(per_class=16, classes=4, dim=6, seed=0):
+    """Separable Gaussian clusters, and one reference record per class, all at the origin: class-matched
+    reference sampling is then deterministic, and the reference accuracy is exactly 1 / classes."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, dim)).astype(np.float32)
+    y = np.repeat(np.arange(classes), per_class)
+    x = (centers[y] + rng.normal(0, 0.3, (len(y), dim))).astype(np.float32)
+    return x, y, (np.zeros((classes, dim), np.float32), np.arange(classes))
+
+
+def _tiny(dim=6, classes=4, hidden=8):
+    tf.keras.utils.set_random_seed(0)
+    layers = [tf.keras.layers.Dense(hidden, activation="tanh")] if hidden else []
+    return tf.keras.Sequential([tf.keras.Input((dim,)), *layers, tf.keras.layers.Dense(classes)])
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_paper_schedule_logs_the_mmd_of_its_pass_and_whether_it_ran(digits):
+    data, split = digits
+    x, y = data.x[split.members], data.y[split.members]
+    model = _wrapper(data, split, schedule="paper", mmd_weight=5.0, mixup_alpha=None, gap_threshold=0.0)
+    tf.keras.utils.set_random_seed(0)
+    history = model.fit(x, y, epochs=6, batch_size=32, verbose=0).history
+    gate = [float(g >= 0.0 and e < 5) for e, g in enumerate(history["mmd_gap"])]
+    assert history["mmd_pass"] == gate and history["mmd_active"] == gate
+    assert history["mmd_gap"][0] < 0 and 1.0 in gate, history  # shut in the first epoch, open later
+    for ran, mmd in zip(gate, history["mmd"], strict=True):
+        assert (mmd > 1e-3) if ran else (mmd == 0.0)
+    assert history["mmd_weight"] == [5.0] * 6
+
+
+def test_paper_schedule_mmd_is_the_mean_over_the_pass_recomputed_independently():
+    # batches of 16 over 4 classes x 16 class-sorted records: each MMD batch is one whole class; with a
+    # zero learning rate the pass leaves the weights as they were when the epoch ended
+    x, y, reference = _clusters()
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=3.0, mixup_alpha=None, gap_threshold=0.0,
+                          mmd_optimizer=tf.keras.optimizers.SGD(0.0))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    weights = []
+    capture = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: weights.append(
+        [w.copy() for w in model.inner.get_weights()]))
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[capture]).history
+    assert history["mmd_pass"] == [1.0, 1.0, 0.0]
+    for epoch in (0, 1):
+        probe = _tiny()
+        probe.set_weights(weights[epoch])
+        train_p, ref_p = _softmax(probe(x).numpy()), _softmax(probe(reference[0]).numpy())
+        want = np.mean([numpy_mmd2(train_p[y == c], ref_p[y[y == c]], (1.0,)) for c in range(4)])
+        assert history["mmd"][epoch] == pytest.approx(want, rel=1e-4)
+        assert history["mmd"][epoch] > 0.01
+
+
+def _numeric_gradient(loss, weights, step=1e-5):
+    grads = []
+    for i, w in enumerate(weights):
+        g = np.zeros_like(w)
+        for idx in np.ndindex(w.shape):
+            shifted = [v.copy() for v in weights]
+            shifted[i][idx] += step
+            up = loss(shifted)
+            shifted[i][idx] -= 2 * step
+            g[idx] = (up - loss(shifted)) / (2 * step)
+        grads.append(g)
+    return grads
+
+
+def test_separate_mmd_optimizer_steps_by_minus_lr_times_the_gradient():
+    x, y, reference = _clusters(per_class=3, classes=2, dim=2, seed=1)
+    inner = _tiny(dim=2, classes=2, hidden=0)  # logits = x W + b
+    sgd = tf.keras.optimizers.SGD(0.5, momentum=0.9)
+    model = MMDMixupModel(inner, reference, mmd_weight=4.0, mixup_alpha=None, mmd_optimizer=sgd)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    before = [w.astype(np.float64) for w in inner.get_weights()]
+    ref_p = _softmax(reference[0].astype(np.float64) @ before[0] + before[1])[y]  # constants, class-matched
+
+    def loss(weights):
+        return 4.0 * numpy_mmd2(_softmax(x.astype(np.float64) @ weights[0] + weights[1]), ref_p, (1.0,))
+
+    grads = _numeric_gradient(loss, before)
+    assert max(np.abs(g).max() for g in grads) > 1e-3
+    main_steps = int(model.optimizer.iterations.numpy())
+    mmd = model.mmd_step(tf.constant(x), tf.constant(y), model.reference_probabilities())
+    assert float(mmd) == pytest.approx(loss(before) / 4.0, rel=1e-5)
+    for new, old, g in zip(inner.get_weights(), before, grads, strict=True):
+        np.testing.assert_allclose(new - old, -0.5 * g, atol=2e-6)  # momentum's first step: -lr * grad
+    assert int(model.optimizer.iterations.numpy()) == main_steps
+    assert int(sgd.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_mmd_steps_advance_only_their_own_optimizer_during_fit(separate):
+    x, y, reference = _clusters()
+    sgd = tf.keras.optimizers.SGD(0.01, momentum=0.9) if separate else None
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=1.0, mixup_alpha=None, gap_threshold=0.0,
+                          mmd_optimizer=sgd)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history
+    mmd_steps = 4 * int(sum(history["mmd_pass"]))
+    assert mmd_steps == 8
+    if separate:
+        assert int(model.optimizer.iterations.numpy()) == 3 * 4
+        assert int(sgd.iterations.numpy()) == mmd_steps
+    else:  # shared (the default): the compiled optimizer takes the MMD steps too
+        assert int(model.optimizer.iterations.numpy()) == 3 * 4 + mmd_steps
+
+
+def test_separate_mmd_optimizer_draws_fresh_reference_samples_per_step():
+    x, y, _ = _clusters()
+    reference = (np.random.default_rng(0).random((40, 6), np.float32), np.arange(40) % 4)
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=1.0, mmd_optimizer=tf.keras.optimizers.SGD(0.0))
+    model.compile(optimizer="adam")
+    seeds = []
+    for _ in range(2):
+        seeds.append(model._mmd_step_seed().numpy().tolist())
+        model.mmd_step(tf.constant(x[:16]), tf.constant(y[:16]))
+    assert seeds[0] != seeds[1]  # the main optimizer's step count stands still during MMD steps
+
+
+@pytest.mark.parametrize("refresh", ["per_batch", "per_pass"])
+def test_per_batch_reference_outputs_use_the_weights_after_the_previous_step(refresh):
+    x, y, reference = _clusters(seed=2)
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=50.0, mixup_alpha=None, reference_refresh=refresh,
+                          mmd_optimizer=tf.keras.optimizers.SGD(1.0))
+    model.compile(optimizer="adam")
+    before = model.inner.get_weights()
+    pass_reference = model.reference_probabilities()  # what a per-pass MMD step compares with
+    first, second = slice(0, 32), slice(32, 64)  # classes 0-1, then 2-3
+    model.mmd_step(tf.constant(x[first]), tf.constant(y[first]), pass_reference)
+    after_first = model.inner.get_weights()
+    got = float(model.mmd_step(tf.constant(x[second]), tf.constant(y[second]), pass_reference))
+
+    def expected(reference_weights):
+        probe = _tiny()
+        probe.set_weights(after_first)
+        train_p = _softmax(probe(x[second]).numpy())
+        probe.set_weights(reference_weights)
+        return numpy_mmd2(train_p, _softmax(probe(reference[0]).numpy())[y[second]], (1.0,))
+
+    fresh, stale = expected(after_first), expected(before)
+    assert abs(fresh - stale) > 0.01  # the first step moved the reference outputs
+    assert got == pytest.approx(fresh if refresh == "per_batch" else stale, rel=1e-4)
+
+
+def test_mmd_optimizer_and_target_gap_survive_the_config_and_a_keras_file(tmp_path):
+    x, y, reference = _clusters()
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=2.0, mmd_optimizer=tf.keras.optimizers.SGD(0.3),
+                          reference_refresh="per_batch", target_gap=0.1)
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    config = model.get_config()
+    clone = MMDMixupModel.from_config(config)
+    assert clone.get_config() == config
+    assert isinstance(clone.mmd_optimizer, tf.keras.optimizers.SGD)
+    assert clone.mmd_optimizer is not model.mmd_optimizer
+    assert clone.reference_refresh == "per_batch" and clone.target_gap == 0.1
+    model.save(tmp_path / "m.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.current_mmd_weight == pytest.approx(model.current_mmd_weight)
+    assert float(loaded.mmd_optimizer.learning_rate.numpy()) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"reference_refresh": "never"}, "reference_refresh must be one of per_pass, per_batch"),
+     ({"mmd_optimizer": "sgd"}, "mmd_optimizer must be a Keras optimizer or None, got str"),
+     ({"target_gap": 1.0}, r"target_gap must be in \[0, 1\)"),
+     ({"target_gap": 0.1, "mmd_weight": 0.0}, "give mmd_weight > 0")],
+)
+def test_bad_mmd_step_options_fail_at_construction(change, message):
+    _, _, reference = _clusters()
+    with pytest.raises(TfmiError, match=message):
+        MMDMixupModel(_tiny(), reference, **change)

@@ -20,11 +20,13 @@ DEFENSE_NAMES = (
 )
 
 # which fields of DefenseConfig each defense reads (recorded in the model's sidecar)
+_MMD_FIELDS = ("mmd_weight", "mmd_schedule", "mmd_bandwidths", "gap_threshold", "mmd_optimizer",
+               "mmd_learning_rate", "reference_refresh", "target_gap")
 _RELEVANT = {
     "none": (),
-    "mmd": ("mmd_weight", "mmd_schedule", "mmd_bandwidths", "gap_threshold"),
+    "mmd": _MMD_FIELDS,
     "mixup": ("mixup_alpha",),
-    "mmd-mixup": ("mmd_weight", "mmd_schedule", "mmd_bandwidths", "gap_threshold", "mixup_alpha"),
+    "mmd-mixup": (*_MMD_FIELDS, "mixup_alpha"),
     "dp-sgd": ("l2_norm_clip", "noise_multiplier", "target_epsilon", "delta", "microbatches", "dp_path"),
     "l2": ("l2",),
     "dropout": ("dropout",),
@@ -39,6 +41,8 @@ _RANGES = {
     "mmd_weight": {"low": 0},
     "mmd_bandwidths": {"low": 0, "low_inclusive": False},
     "gap_threshold": {"low": 0, "high": 1, "high_inclusive": False},
+    "mmd_learning_rate": {"low": 0, "low_inclusive": False},
+    "target_gap": {"low": 0, "high": 1, "high_inclusive": False, "usual": "0.1"},
     "mixup_alpha": {"low": 0, "low_inclusive": False, "usual": "1.0"},
     "l2": {"low": 0, "low_inclusive": False},
     "dropout": {"low": 0, "high": 1, "low_inclusive": False, "high_inclusive": False},
@@ -54,9 +58,11 @@ _RANGES = {
     "relax_alpha": {"low": 0, "low_inclusive": False},
 }
 # fields whose None means "the default" (noise or epsilon, delta of n, one example per microbatch)
-_OPTIONAL = ("noise_multiplier", "target_epsilon", "delta", "microbatches")
+_OPTIONAL = ("noise_multiplier", "target_epsilon", "delta", "microbatches", "mmd_learning_rate", "target_gap")
 # what None means for a field, in words
 _NONE_MEANS = {
+    "mmd_learning_rate": "the training learning rate",
+    "target_gap": "off: lambda stays --mmd-weight",
     "target_epsilon": "none: the noise multiplier decides",
     "delta": "min(1e-5, 1/(10 n)) for n training records",
     "microbatches": "one per example",
@@ -64,6 +70,15 @@ _NONE_MEANS = {
 # command-line flags whose name is not the field's
 _FLAGS = {"mmd_bandwidths": "--mmd-bandwidth"}
 DP_PATHS: tuple[str, ...] = ("auto", "fast", "dpmodel", "vectorized", "microbatched")
+# fields with a fixed set of values
+_CHOICES = {
+    "dp_path": DP_PATHS,
+    "mmd_optimizer": ("shared", "sgd"),
+    "reference_refresh": ("per_pass", "per_batch"),
+}
+# MMD options added later: recorded (to_dict) only when they differ from their default, so the records
+# of runs without them, and the benchmark cells keyed on those records, stay as they were
+_RECORDED_WHEN_SET = ("mmd_optimizer", "mmd_learning_rate", "reference_refresh", "target_gap")
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,8 @@ class DefenseConfig:
     6.5
     >>> DefenseConfig("l2").to_dict()
     {'name': 'l2', 'l2': 0.001}
+    >>> DefenseConfig("mmd", target_gap=0.2, mmd_optimizer="sgd").to_dict()["target_gap"]
+    0.2
     """
 
     name: str = "none"
@@ -83,6 +100,13 @@ class DefenseConfig:
     mmd_bandwidths: tuple[float, ...] = (1.0,)
     gap_threshold: float = 0.03
     mixup_alpha: float = 1.0
+    # the paper schedule's MMD steps: "shared" (the training optimizer) or "sgd" (their own SGD with
+    # momentum 0.9 at mmd_learning_rate; None: the training learning rate); reference outputs computed
+    # "per_pass" or "per_batch"; target_gap: adapt lambda so the train/reference gap settles there
+    mmd_optimizer: str = "shared"
+    mmd_learning_rate: float | None = None
+    reference_refresh: str = "per_pass"
+    target_gap: float | None = None
     # simple baselines
     l2: float = 1e-3
     dropout: float = 0.5
@@ -115,14 +139,28 @@ class DefenseConfig:
         for field in self.relevant_fields():
             if field != "mmd_schedule":
                 object.__setattr__(self, field, self._checked(field, getattr(self, field)))
+        if "target_gap" in self.relevant_fields():
+            self._check_mmd_options()
+
+    def _check_mmd_options(self) -> None:
+        if self.target_gap is not None and self.mmd_weight == 0:
+            raise TfmiError(f"{self.name}: target_gap adapts lambda starting from mmd_weight: give "
+                            "--mmd-weight > 0")
+        if self.mmd_learning_rate is not None and self.mmd_optimizer != "sgd":
+            raise TfmiError(f"{self.name}: mmd_learning_rate is the learning rate of mmd_optimizer sgd: "
+                            "give --mmd-optimizer sgd too, or drop it")
+        pass_options = (self.mmd_optimizer, self.reference_refresh)
+        if self.mmd_schedule == "joint" and pass_options != ("shared", "per_pass"):
+            raise TfmiError(f"{self.name}: mmd_optimizer and reference_refresh set the paper schedule's MMD "
+                            "pass; the joint schedule has none")
 
     def _checked(self, field: str, value):
         """``value`` of ``field`` after its range check (None kept where it means the default)."""
         name = f"{self.name}: {field}"
         flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
-        if field == "dp_path":
-            if value not in DP_PATHS:
-                raise TfmiError(f"{name} must be one of {', '.join(DP_PATHS)}, got {value!r} ({flag})")
+        if field in _CHOICES:
+            if value not in _CHOICES[field]:
+                raise TfmiError(f"{name} must be one of {', '.join(_CHOICES[field])}, got {value!r} ({flag})")
             return value
         ranges = dict(_RANGES[field])
         usual = ranges.pop("usual", None)
@@ -159,10 +197,12 @@ class DefenseConfig:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def to_dict(self) -> dict:
-        """The defense's name and the parameters it uses."""
+        """The defense's name and the parameters it uses (the later MMD options only where set)."""
         record = {"name": self.name}
         for field in fields(self):
             if field.name in self.relevant_fields():
                 value = getattr(self, field.name)
+                if field.name in _RECORDED_WHEN_SET and value == field.default:
+                    continue
                 record[field.name] = list(value) if isinstance(value, tuple) else value
         return record

@@ -18,6 +18,13 @@ Two schedules:
   reference data reaches ``gap_threshold`` (re-measured after every epoch): matching an untrained
   network's near-uniform reference outputs is an easy minimum that collapses training.
 
+Options of the MMD steps: ``mmd_optimizer`` gives the paper schedule's MMD pass an optimizer (and
+optimizer state) of its own, as the authors' follow-up code does (SGD, momentum 0.9); by default the
+compiled optimizer takes those steps too. ``reference_refresh="per_batch"`` recomputes the reference
+outputs for every MMD batch with the current weights (the authors' way) instead of once per pass.
+``target_gap`` adapts lambda after every epoch so the train/reference accuracy gap settles at a
+target (`MMDMixupModel` explains the controller).
+
 The gap costs no extra pass where training already sees the numbers. Joint: the running accuracies,
 over the epoch, of the very batches MMD compares (training and reference, both clean or both mixed
 alike, scored against the dominant label); the reference forward pass therefore runs while the gate
@@ -34,12 +41,13 @@ the gradient either way).
 >>> model = MMDMixupModel(build_model("mlp", (5,), 2), (ref_x, ref_y), mmd_weight=1.0, mixup_alpha=1.0)
 >>> model.compile(optimizer="adam", metrics=["accuracy"])
 >>> history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
->>> sorted(k for k in history.history if k in ("ce_loss", "mmd", "mmd_gap"))
-['ce_loss', 'mmd', 'mmd_gap']
+>>> sorted(k for k in history.history if k.startswith("mmd"))
+['mmd', 'mmd_active', 'mmd_gap', 'mmd_pass', 'mmd_weight']
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +64,13 @@ from tfmi.inference import accuracy, predict_in_batches
 from tfmi.validation import check_number
 
 SCHEDULES = tuple(DEFAULT_MMD_WEIGHT)
+REFERENCE_REFRESH = ("per_pass", "per_batch")
 EVAL_BATCH_SIZE = 4096
+#: the target-gap controller's gains on log(lambda), per unit of gap error (gap - target_gap):
+#: proportional, and integral (summed over epochs)
+TARGET_GAP_GAINS = (2.0, 5.0)
+#: the range lambda is clipped to under the target-gap controller
+MMD_WEIGHT_BOUNDS = (1e-3, 1e4)
 
 
 @tf.keras.saving.register_keras_serializable(package="tfmi")
@@ -77,6 +91,38 @@ class MMDMixupModel(DefendedModel):
         mmd_inputs: joint schedule with mixup: ``"mixed"`` or ``"clean"`` training outputs for MMD.
         outputs: ``"auto"``, ``"logits"`` or ``"probabilities"``.
         seed: seeds mixup and reference sampling (stateless, reproducible).
+        mmd_optimizer: a Keras optimizer for the paper schedule's MMD steps alone (its own learning
+            rate and state; the compiled optimizer's step count does not advance during them), or
+            None: the compiled optimizer takes them (its moments then mix both passes' gradients).
+        reference_refresh: ``"per_pass"``: the paper schedule's MMD pass compares with reference
+            outputs computed once, in inference mode, before the pass; ``"per_batch"``: each MMD step
+            recomputes the outputs on its class-matched reference batch with the current weights
+            (training mode, as the authors do), one extra forward pass of a batch per step.
+        target_gap: None (lambda stays ``mmd_weight``) or the train/reference accuracy gap to settle
+            at. After every epoch the gap is measured in inference mode on the training data and the
+            reference set (never on other data; not from running accuracies, which lag behind the
+            model the epoch ends with) and lambda, starting from ``mmd_weight``, follows a
+            proportional-integral controller on ``log lambda``::
+
+                e_t = gap_t - target_gap
+                log lambda_t = log mmd_weight + k_p * e_t + k_i * (e_s + ... + e_t)
+
+            where ``s`` is the first epoch whose gap reached the target (until then the network has
+            not overfit that much yet: summing those errors would only wind lambda down), clipped to
+            `MMD_WEIGHT_BOUNDS`; while clipped the sum stops growing (anti-windup).
+            The gains ``(k_p, k_i)`` are `TARGET_GAP_GAINS` (2, 5), tuned on Location30 (MLP, Adam,
+            paper schedule, lambda from 6.5, 30 epochs; targets 0.1, 0.2 and 0.3 on 5 splits each: the
+            final train/test gap within 0.05 of the target, 0.014 off on average; a larger k_p or k_i
+            makes lambda, and the gap, oscillate from epoch to epoch, a smaller k_i lags behind the
+            growing overfit). The paper schedule uses lambda_t in the MMD pass that follows the
+            measurement, the joint one in the next epoch's steps. The gate (``gap_threshold``)
+            still applies: a target below it is not reached. A starting ``mmd_weight`` so large
+            that the gap never reaches the target leaves the sum off and lambda near it: start lower.
+
+    Epoch logs (and so `History`) get, besides ``loss``, ``ce_loss`` and the metrics: ``mmd`` (the
+    mean MMD^2 over the epoch's MMD steps; 0.0 on paper-schedule epochs whose pass did not run),
+    ``mmd_gap`` (the gap that gated MMD), ``mmd_active`` (1.0 if MMD acted this epoch), ``mmd_pass``
+    (paper schedule: 1.0 if the MMD pass ran) and ``mmd_weight`` (the lambda that acted).
     """
 
     def __init__(
@@ -94,6 +140,9 @@ class MMDMixupModel(DefendedModel):
         outputs: str = "auto",
         seed: int = 0,
         reference_size: int | None = None,
+        mmd_optimizer: tf.keras.optimizers.Optimizer | None = None,
+        reference_refresh: str = "per_pass",
+        target_gap: float | None = None,
         **kwargs: Any,
     ):
         if schedule not in SCHEDULES:
@@ -108,6 +157,17 @@ class MMDMixupModel(DefendedModel):
         if mmd_inputs not in ("clean", "mixed"):
             raise TfmiError(f"mmd_inputs must be 'clean' or 'mixed', got {mmd_inputs!r}")
         gap_threshold = check_number("gap_threshold", gap_threshold, low=0, high=1, high_inclusive=False)
+        if reference_refresh not in REFERENCE_REFRESH:
+            raise TfmiError(f"reference_refresh must be one of {', '.join(REFERENCE_REFRESH)}, "
+                            f"got {reference_refresh!r}")
+        if mmd_optimizer is not None and not isinstance(
+                mmd_optimizer, tf.keras.optimizers.Optimizer | tf.keras.optimizers.legacy.Optimizer):
+            raise TfmiError(
+                f"mmd_optimizer must be a Keras optimizer or None, got {type(mmd_optimizer).__name__}")
+        if target_gap is not None:
+            target_gap = check_number("target_gap", target_gap, low=0, high=1, high_inclusive=False)
+            if mmd_weight == 0:
+                raise TfmiError("target_gap adapts lambda from mmd_weight: give mmd_weight > 0")
         ref_x, ref_y = resolve_reference(
             model, reference_data, reference_size,
             needs="class-matched MMD batches need every class in the reference set",
@@ -120,12 +180,21 @@ class MMDMixupModel(DefendedModel):
         self.gap_threshold = float(gap_threshold)
         self.estimator = estimator
         self.mmd_inputs = mmd_inputs
+        self.reference_refresh = reference_refresh
+        self.target_gap = target_gap
+        self.mmd_optimizer = mmd_optimizer
         self.store_reference(ref_x, ref_y)
         self.sampler = ClassMatchedSampler(self.reference_y, self.num_classes)
         self.mmd_gate = self.add_weight(
             name="mmd_gate", shape=(), initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
+        if target_gap is not None:  # lambda as a variable: the steps read its current value
+            self.mmd_lambda = self.add_weight(
+                name="mmd_lambda", shape=(), trainable=False,
+                initializer=tf.keras.initializers.Constant(np.clip(mmd_weight, *MMD_WEIGHT_BOUNDS)),
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
         self.mmd_tracker = tf.keras.metrics.Mean(name="mmd")
         # accuracies the training steps measure anyway, reused by the schedule's gap
         if self.tracks_training_accuracy:
@@ -139,6 +208,21 @@ class MMDMixupModel(DefendedModel):
         return tf.gather(self.reference_x, self.sampler.sample(y, seed))
 
     # --- training ------------------------------------------------------------------------------
+
+    @property
+    def current_mmd_weight(self) -> float:
+        """The lambda in effect now: ``mmd_weight``, or where ``target_gap`` adapts it, its current value."""
+        return float(self.mmd_lambda.numpy()) if self.target_gap is not None else self.mmd_weight
+
+    def _lambda(self) -> tf.Tensor | float:
+        return self.mmd_lambda if self.target_gap is not None else self.mmd_weight
+
+    def _mmd_step_seed(self) -> tf.Tensor:
+        """The MMD step's sampling seed, unique per step also when its optimizer is a separate one."""
+        seed = self.step_seed(stream=3)
+        if self.mmd_optimizer is None:
+            return seed
+        return tf.stack([seed[0], tf.cast(self.mmd_optimizer.iterations, tf.int64)])
 
     @property
     def joint_mmd(self) -> bool:
@@ -184,7 +268,7 @@ class MMDMixupModel(DefendedModel):
             if self.joint_mmd:
                 mmd = mmd2(self.probabilities(mmd_outputs), reference_probabilities,
                            self.bandwidths, self.estimator)
-                total += self.mmd_weight * self.mmd_gate * mmd
+                total += self._lambda() * self.mmd_gate * mmd
             else:
                 mmd = tf.constant(0.0)
         self.apply_gradients(tape, total)
@@ -203,28 +287,39 @@ class MMDMixupModel(DefendedModel):
     def _reference_probabilities(self, reference_inputs: tf.Tensor) -> tf.Tensor:
         return tf.stop_gradient(self.probabilities(self.inner(reference_inputs, training=True)))
 
-    def mmd_step(self, x: tf.Tensor, y: tf.Tensor, reference_probabilities: tf.Tensor) -> tf.Tensor:
-        """One optimizer step on ``mmd_weight * MMD^2`` alone (the paper schedule's second pass).
+    def mmd_step(
+        self, x: tf.Tensor, y: tf.Tensor, reference_probabilities: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """One step of ``mmd_optimizer`` (default: the compiled one) on ``lambda * MMD^2`` alone (the
+        paper schedule's second pass); returns the batch's MMD^2, measured before the step.
 
-        ``reference_probabilities`` holds the outputs on the whole reference set (see
-        `reference_probabilities`); the step compares the batch's outputs with a class-matched
-        sample of them.
+        The batch's outputs are compared with a class-matched sample of reference outputs: rows of
+        ``reference_probabilities`` (the outputs on the whole reference set, see
+        `reference_probabilities`) under ``reference_refresh="per_pass"``, else (or when it is None)
+        outputs on the sampled reference records computed now, with the current weights.
         """
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        reference = tf.gather(reference_probabilities, self.sampler.sample(y, self.step_seed(stream=3)))
+        indices = self.sampler.sample(y, self._mmd_step_seed())
+        if self.reference_refresh == "per_batch" or reference_probabilities is None:
+            reference = self._reference_probabilities(tf.gather(self.reference_x, indices))
+        else:
+            reference = tf.gather(reference_probabilities, indices)
         with tf.GradientTape() as tape:
             outputs = self.probabilities(self.inner(x, training=True))
             mmd = mmd2(outputs, reference, self.bandwidths, self.estimator)
-            loss = self.mmd_weight * mmd
-        self.apply_gradients(tape, loss)
+            loss = self._lambda() * mmd
+        self.apply_gradients(tape, loss, optimizer=self.mmd_optimizer)
         return mmd
 
     @tf.function(reduce_retracing=True)
-    def mmd_pass(self, x, y, order, starts, batch_size: int, reference_probabilities):
-        """`mmd_step` over the batches ``order[s:s + batch_size]`` for ``s`` in ``starts``, in-graph."""
+    def mmd_pass(self, x, y, order, starts, batch_size: int, reference_probabilities=None):
+        """`mmd_step` over the batches ``order[s:s + batch_size]`` for ``s`` in ``starts``, in-graph;
+        returns the mean of the batches' MMD^2."""
+        total = tf.constant(0.0)
         for start in starts:
             batch = order[start:start + batch_size]
-            self.mmd_step(tf.gather(x, batch), tf.gather(y, batch), reference_probabilities)
+            total += self.mmd_step(tf.gather(x, batch), tf.gather(y, batch), reference_probabilities)
+        return total / tf.cast(tf.size(starts), tf.float32)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *, callbacks=None, **kwargs):
         """`keras.Model.fit`, with the schedule's per-epoch gap measurement added.
@@ -270,20 +365,29 @@ class MMDMixupModel(DefendedModel):
             "estimator": self.estimator,
             "mmd_inputs": self.mmd_inputs,
             "reference_size": int(self.reference_x.shape[0]),
+            "reference_refresh": self.reference_refresh,
+            "target_gap": self.target_gap,
+            "mmd_optimizer": (None if self.mmd_optimizer is None
+                              else tf.keras.optimizers.serialize(self.mmd_optimizer)),
         }
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> MMDMixupModel:
         config = dict(config)
         inner = tf.keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        if config.get("mmd_optimizer") is not None:
+            # a copy: Keras rewrites the dict it deserializes
+            config["mmd_optimizer"] = tf.keras.optimizers.deserialize(copy.deepcopy(config["mmd_optimizer"]))
         return cls(inner, None, **config)
 
 
 class MMDSchedule(tf.keras.callbacks.Callback):
-    """Measures the train/reference accuracy gap after every epoch and applies the schedule.
+    """Measures the train/reference accuracy gap after every epoch and applies the schedule (and,
+    with ``target_gap``, the lambda controller).
 
-    Adds ``mmd_gap`` (train minus reference accuracy) and ``mmd_active`` (1 if MMD acted this
-    epoch) to the epoch logs, so `History`, TensorBoard and early stopping see them.
+    Adds ``mmd_gap``, ``mmd_active``, ``mmd_weight`` and, under the paper schedule, ``mmd_pass`` and
+    the pass's ``mmd`` to the epoch logs (see `MMDMixupModel`), so `History`, TensorBoard and early
+    stopping see them.
     """
 
     def __init__(self, model: MMDMixupModel, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int):
@@ -295,33 +399,75 @@ class MMDSchedule(tf.keras.callbacks.Callback):
         self._rng = np.random.default_rng(model.seed)
         self._distributed_step = None
         self._active = 0.0
+        self._weight = 0.0
+        self._log_base = 0.0
+        self._error_sum = 0.0
+        self._integrating = False
 
     def on_train_begin(self, logs=None):
         self.defended.mmd_gate.assign(0.0)
+        if self.defended.target_gap is not None:  # the controller starts from the current lambda
+            self._log_base, self._error_sum = float(np.log(self.defended.current_mmd_weight)), 0.0
+            self._integrating = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._active = float(self.defended.mmd_gate.numpy()) if self.defended.joint_mmd else 0.0
+        self._weight = self.defended.current_mmd_weight  # what the joint steps of this epoch use
 
     def on_epoch_end(self, epoch, logs=None):
         model, logs = self.defended, logs if logs is not None else {}
-        if model.schedule == "joint":  # running accuracies of the batches the MMD term compares
-            gap = float(logs["mmd_train_accuracy"]) - float(logs["mmd_reference_accuracy"])
+        adaptive = model.target_gap is not None
+        if model.schedule == "joint":
+            if adaptive:  # the controller needs the clean gap the final model will show
+                gap = self._clean_gap(model.reference_probabilities())
+            else:  # running accuracies of the batches the MMD term compares
+                gap = float(logs["mmd_train_accuracy"]) - float(logs["mmd_reference_accuracy"])
             model.mmd_gate.assign(1.0 if gap >= model.gap_threshold else 0.0)
+            if adaptive:
+                self._control(gap)  # for the next epoch's steps
         else:
-            if model.tracks_training_accuracy:  # clean inputs: the epoch's running accuracy
-                train_accuracy = float(logs["mmd_train_accuracy"])
-            else:
-                train_accuracy = model.accuracy_on(self.x, self.y)
             reference = model.reference_probabilities()
-            gap = train_accuracy - float(tf.reduce_mean(_correct(reference, model.reference_y)))
-            if gap >= model.gap_threshold and epoch < self.epochs - 1:
-                self._run_mmd_pass(reference)
+            if adaptive:
+                gap = self._clean_gap(reference)
+                self._control(gap)  # for the pass that follows
+                self._weight = model.current_mmd_weight
+            elif model.tracks_training_accuracy:  # clean inputs: the epoch's running accuracy
+                gap = float(logs["mmd_train_accuracy"]) - _reference_accuracy(reference, model)
+            else:
+                gap = self._clean_gap(reference)
+            ran = gap >= model.gap_threshold and epoch < self.epochs - 1
+            if ran:
+                per_batch = model.reference_refresh == "per_batch"
+                logs["mmd"] = self._run_mmd_pass(None if per_batch else reference)
                 self._active = 1.0
+            else:
+                logs["mmd"] = 0.0
+            logs["mmd_pass"] = 1.0 if ran else 0.0
         logs["mmd_gap"] = gap
         logs["mmd_active"] = self._active
+        logs["mmd_weight"] = self._weight
 
-    def _run_mmd_pass(self, reference_probabilities: tf.Tensor) -> None:
-        """Steps on MMD^2 alone over class-sorted clean training batches (paper schedule)."""
+    def _clean_gap(self, reference_probabilities: tf.Tensor) -> float:
+        """Inference-mode accuracy on the training data minus that on the reference set."""
+        model = self.defended
+        return model.accuracy_on(self.x, self.y) - _reference_accuracy(reference_probabilities, model)
+
+    def _control(self, gap: float) -> None:
+        """One step of the target-gap controller (`MMDMixupModel`, ``target_gap``)."""
+        model = self.defended
+        error = gap - model.target_gap
+        k_p, k_i = TARGET_GAP_GAINS
+        low, high = np.log(MMD_WEIGHT_BOUNDS)
+        self._integrating = self._integrating or error >= 0  # from the first gap at the target on
+        step = error if self._integrating else 0.0
+        log_weight = self._log_base + k_p * error + k_i * (self._error_sum + step)
+        if low <= log_weight <= high or (log_weight > high) != (error > 0):
+            self._error_sum += step  # anti-windup: no summing further into a bound
+        model.mmd_lambda.assign(float(np.exp(np.clip(log_weight, low, high))))
+
+    def _run_mmd_pass(self, reference_probabilities: tf.Tensor | None) -> float:
+        """Steps on MMD^2 alone over class-sorted clean training batches (paper schedule); returns
+        the mean MMD^2 over the batches."""
         model = self.defended
         labels = self.y.numpy()
         order = np.lexsort((self._rng.random(len(labels)), labels)).astype(np.int32)  # by class
@@ -329,20 +475,53 @@ class MMDSchedule(tf.keras.callbacks.Callback):
         self._rng.shuffle(starts)
         strategy = model.distribute_strategy
         if strategy.num_replicas_in_sync == 1:
-            model.mmd_pass(self.x, self.y, tf.constant(order), tf.constant(starts), self.batch_size,
-                           reference_probabilities)
-            return
+            return float(model.mmd_pass(self.x, self.y, tf.constant(order), tf.constant(starts),
+                                        self.batch_size, reference_probabilities))
         if self._distributed_step is None:
             @tf.function(reduce_retracing=True)
             def step(xb, yb, reference):
-                return strategy.run(model.mmd_step, args=(xb, yb, reference))
+                values = strategy.run(model.mmd_step, args=(xb, yb, reference))
+                return strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)
 
             self._distributed_step = step
+        values = []
         for start in starts:
             batch = np.sort(order[start:start + self.batch_size])
             dataset = tf.data.Dataset.from_tensors((tf.gather(self.x, batch), tf.gather(self.y, batch)))
             for dist_x, dist_y in strategy.experimental_distribute_dataset(dataset):
-                self._distributed_step(dist_x, dist_y, reference_probabilities)
+                values.append(float(self._distributed_step(dist_x, dist_y, reference_probabilities)))
+        return float(np.mean(values))
+
+
+class MMDWeightRecorder(tf.keras.callbacks.Callback):
+    """Copies the epochs' ``mmd_weight`` (lambda) from the training history into ``record`` as
+    ``mmd_weight_trajectory`` when training ends, e.g. into the defense record of a sidecar.
+
+    >>> import numpy as np, tensorflow as tf
+    >>> from tfmi.models import build_model
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.random((64, 5), np.float32), np.arange(64) % 2
+    >>> model = MMDMixupModel(build_model("mlp", (5,), 2), (x[:16], y[:16]), target_gap=0.1)
+    >>> model.compile(optimizer="adam")
+    >>> record = {"name": "mmd"}
+    >>> _ = model.fit(x, y, epochs=3, verbose=0, callbacks=[MMDWeightRecorder(record)])
+    >>> len(record["mmd_weight_trajectory"])
+    3
+    """
+
+    def __init__(self, record: dict):
+        super().__init__()
+        self.record = record
+
+    def on_train_end(self, logs=None):
+        history = getattr(self.model, "history", None)
+        trajectory = getattr(history, "history", {}).get("mmd_weight")
+        if trajectory is not None:
+            self.record["mmd_weight_trajectory"] = [float(v) for v in trajectory]
+
+
+def _reference_accuracy(reference_probabilities: tf.Tensor, model: MMDMixupModel) -> float:
+    return float(tf.reduce_mean(_correct(reference_probabilities, model.reference_y)))
 
 
 def _correct(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
