@@ -146,8 +146,8 @@ def _audit(model, signature, members, non_members, population, label_column, dat
     shadow_config = None
     if num_shadows:
         # shadows are trained the way the target was, where its sidecar says how; else TrainConfig's defaults
-        settings = {k: v for k, v in recorded.items()
-                    if k in ("epochs", "batch_size", "learning_rate", "optimizer") and v is not None}
+        settings = {k: (tuple(v) if k == "lr_milestones" else v) for k, v in recorded.items()
+                    if k not in ("model", "defense") and v is not None}
         shadow_config = TrainConfig(
             check_model_name(shadow_model or recorded.get("model") or data.default_model),
             **(settings | given), seed=seed)
@@ -330,7 +330,8 @@ def _data_from_model_dir(model: Path, data_dir: str | None):
         outputs = (sidecar.get("model") or {}).get("outputs")
         training = sidecar.get("training") or {}
         recorded = {k: training.get(k)
-                    for k in ("model", "epochs", "batch_size", "learning_rate", "optimizer")}
+                    for k in ("model", "epochs", "batch_size", "learning_rate", "optimizer", "momentum",
+                              "weight_decay", "lr_milestones")}
         recorded["defense"] = _recorded_defense(sidecar.get("defense"))
     except (AttributeError, KeyError, TypeError):
         raise TfmiError(f"{model / SIDECAR_FILE} lacks the dataset record of `tfmi train`: "

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shlex
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from cli.options import data_dir_option, defense_parameter_options, defense_parameters
+from cli.options import (
+    DEFENSE_OPTIONS,
+    data_dir_option,
+    defense_parameter_options,
+    defense_parameters,
+    recipe_options,
+)
 from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_DEFENSES = "none,mmd-mixup,dp-sgd"
@@ -28,6 +37,12 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
 @click.option("--defenses", default=DEFAULT_DEFENSES, show_default=True,
               help="Comma list of defenses (see `tfmi train --help`); their parameters are the "
                    "options below.")
+@click.option("--sweep", "sweeps", multiple=True, metavar="DEFENSE:PARAM=V1,V2,...",
+              help="One row per value of a defense parameter (an option name below, e.g. "
+                   "mmd-mixup:mmd-weight=0.5,2,6.5); replaces the defense's row, or adds the defense if "
+                   "--defenses lacks it. Repeatable: sweeps of one defense combine as a grid. Each value "
+                   "costs a cell per seed (target and shadows); frontier.png and the frontier table "
+                   "compare the defenses over their settings.")
 @click.option("--attacks", default="all", show_default=True,
               help="Comma list of attacks or groups: all, threshold, learned, lira, or names such as "
                    "loss,lira_online.")
@@ -40,6 +55,7 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
 @click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
               show_default=True,
               help="Learning rate.")
+@recipe_options
 @click.option("--target-size", type=int, default=None,
               help="Members (and as many non-members) [default: per dataset].")
 @click.option("--reference-size", type=int, default=None,
@@ -50,17 +66,22 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
 @click.option("--force", is_flag=True,
               help="Discard results of a different benchmark in --out (only what tfmi wrote there).")
 @defense_parameter_options
-def benchmark(dataset, data_dir, label_column, model_name, defenses, attacks, num_shadows, seeds, epochs,
-              batch_size, learning_rate, target_size, reference_size, out, force, **defense_values) -> None:
-    """Compare defenses against membership-inference attacks: one row per defense.
+def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, attacks, num_shadows, seeds,
+              epochs, batch_size, learning_rate, preset, optimizer, momentum, weight_decay, lr_milestones,
+              target_size, reference_size, out, force, **defense_values) -> None:
+    """Compare defenses against membership-inference attacks: one row per defense setting.
 
-    For each defense and seed: train the target on the split's members, train the shadow models the
-    same way on random halves of the members and non-members, run the attacks, and cache the cell.
-    Prints the table and writes results.json, results.md, privacy_utility.png and one ROC plot per
-    defense into --out. With no options it runs the embedded digits data in a few minutes.
+    For each defense setting and seed: train the target on the split's members, train the shadow
+    models the same way (same defense setting) on random halves of the members and non-members, run
+    the attacks, and cache the cell. Prints the tables and writes results.json, results.md,
+    privacy_utility.png, frontier.png and one ROC plot per row into --out. With no options it runs
+    the embedded digits data in a few minutes; every --sweep value costs one such row. With
+    --preset paper every row trains with the authors' recipe for the dataset, and the MMD rows with
+    their lambda and MMD-step settings (default defenses: none, theirs, dp-sgd).
     """
+    started = time.perf_counter()
     from tfmi.attacks.suite import parse_attacks
-    from tfmi.benchmark import BenchmarkSpec, CellStore, data_fingerprint
+    from tfmi.benchmark import BenchmarkSpec, CellStore, data_fingerprint, expand_sweeps, parse_sweep
     from tfmi.data import load_dataset, membership_split
     from tfmi.defenses.config import DefenseConfig
     from tfmi.errors import TfmiError
@@ -71,26 +92,41 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, attacks, nu
     # every option is checked before the data is read, and all of them before --out is touched
     if seeds < 1:
         raise TfmiError(f"--seeds must be at least 1, got {seeds}")
+    from cli.options import given, resolve_recipe
+
+    recipe = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+              "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay,
+              "lr_milestones": lr_milestones}
+    model_name, settings, chosen_preset = resolve_recipe(preset, dataset, model_name, recipe)
     parameters = defense_parameters(defense_values)
-    defense_configs = tuple(DefenseConfig(name.strip(), **parameters)
-                            for name in defenses.split(",") if name.strip())
+    if chosen_preset is not None:  # its MMD settings; fields other defenses do not read are ignored
+        parameters = {k: v for k, v in chosen_preset.defense.items() if k != "name"} | parameters
+        if not given("defenses"):
+            defenses = ",".join(dict.fromkeys(["none", chosen_preset.defense["name"], "dp-sgd"]))
+        if target_size is None and chosen_preset.target_size is not None:
+            target_size = chosen_preset.target_size
+    aliases = {flag.lstrip("-"): field for flag, field, _, _ in DEFENSE_OPTIONS}
+    parsed_sweeps = [parse_sweep(text, aliases) for text in sweeps]
+    names = [name.strip() for name in defenses.split(",") if name.strip()]
+    names += [n for n in dict.fromkeys(s.defense for s in parsed_sweeps) if n not in names]
+    defense_configs = expand_sweeps([DefenseConfig(name, **parameters) for name in names], parsed_sweeps)
     chosen_attacks = parse_attacks(attacks)
-    TrainConfig(model_name or "mlp", epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                seed=seeds - 1)
+    TrainConfig(model_name or "mlp", seed=seeds - 1, **settings)
     if out is not None:
         check_output_dir(out, "benchmark", force=force, reuse=True)
     data = load_dataset(dataset, data_dir, label_column=label_column)
     model_name = check_model_name(model_name or data.default_model)
     spec = BenchmarkSpec(
         dataset=data.name, data_fingerprint=data_fingerprint(data),
-        train=TrainConfig(model_name, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+        train=TrainConfig(model_name, **settings),
         defenses=defense_configs, seeds=tuple(range(seeds)), attacks=chosen_attacks,
         num_shadows=num_shadows, target_size=data.default_target_size if target_size is None else target_size,
         reference_size=reference_size,
     )
     for seed in spec.seeds:  # the split's own checks (sizes), for every seed, before any training
         membership_split(data.y, spec.target_size, spec.reference_size, seed=seed)
-    check_batch_size(batch_size, spec.target_size)
+    check_batch_size(spec.train.batch_size, spec.target_size)
+    epochs = spec.train.epochs
     out = check_output_dir(out or DEFAULT_OUT / f"{data.name}-{model_name}", "benchmark", force=force,
                            reuse=True)
     with output_lock(out):
@@ -99,13 +135,14 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, attacks, nu
         cells = spec.cells()
         records = {c.key(): store.load(c) for c in cells}
         todo = [c for c in cells if records[c.key()] is None]
-        names = ", ".join(d.name for d in defense_configs)
         click.echo(f"benchmark {data.name} ({len(data)} records), {model_name}, {epochs} epochs; defenses "
-                   f"{names}; {seeds} seed(s); {num_shadows} shadows per cell")
+                   f"{', '.join(spec.labels)}; {seeds} seed(s); {num_shadows} shadows per cell")
         click.echo(f"cells     {len(cells)} ({len(cells) - len(todo)} cached in {out}, {len(todo)} to run)")
         if todo:
             _run_cells(data, todo, store, records, num_shadows)
-        _finish(spec, [records[c.key()] for c in cells], store)
+        for cell in cells:  # the row's label follows the spec (records cached before labels had none)
+            records[cell.key()]["label"] = cell.label
+        _finish(spec, [records[c.key()] for c in cells], store, started, ran=len(todo))
 
 
 def _run_cells(data, todo, store, records, num_shadows) -> None:
@@ -119,7 +156,7 @@ def _run_cells(data, todo, store, records, num_shadows) -> None:
     try:
         with click.progressbar(length=len(todo) * units_per_cell, label="training and attacking",
                                file=sys.stderr, show_pos=True,
-                               item_show_func=lambda c: c and f"{c.defense.name} seed {c.seed}") as bar:
+                               item_show_func=lambda c: c and f"{c.label} seed {c.seed}") as bar:
             for cell in todo:
                 bar.update(0, cell)
                 done_shadows = [0]
@@ -139,7 +176,7 @@ def _run_cells(data, todo, store, records, num_shadows) -> None:
         raise click.exceptions.Exit(130) from None
 
 
-def _finish(spec, records, store) -> None:
+def _finish(spec, records, store, started, ran) -> None:
     from tfmi.attacks.suite import AttackReport
     from tfmi.benchmark import (
         ATTACK_HEADERS,
@@ -149,7 +186,8 @@ def _finish(spec, records, store) -> None:
         summary_table_rows,
     )
     from tfmi.environment import library_versions
-    from tfmi.plots import PrivacyUtilityPoint, plot_privacy_utility, plot_roc
+    from tfmi.frontier import FRONTIER_HEADERS, frontier_points, frontier_table_rows, summarize_frontiers
+    from tfmi.plots import PrivacyUtilityPoint, plot_frontier, plot_privacy_utility, plot_roc
     from tfmi.report import format_table
     from tfmi.safe_write import write_text_atomic
 
@@ -159,6 +197,12 @@ def _finish(spec, records, store) -> None:
     attack_rows = attack_table_rows(rows)
     click.echo("")
     click.echo(format_table(SUMMARY_HEADERS, summary))
+    fpoints = frontier_points(rows)
+    frontiers = summarize_frontiers(fpoints)
+    frontier_rows = frontier_table_rows(frontiers)
+    if frontier_rows:
+        click.echo("")
+        click.echo(format_table(FRONTIER_HEADERS, frontier_rows))
 
     points = []
     for row in rows:
@@ -171,13 +215,17 @@ def _finish(spec, records, store) -> None:
         plots["privacy_utility"] = plot_privacy_utility(
             points, out / "privacy_utility.png",
             title=f"{spec.dataset}: test accuracy vs best realistic attack").name
-    for row in rows:
-        first = next(r for r in records if r["defense"] == row.defense)
+    if any(p.tpr_at_1pct is not None or p.advantage is not None for p in fpoints):
+        plots["frontier"] = plot_frontier(
+            fpoints, out / "frontier.png",
+            title=f"{spec.dataset}: privacy-utility frontiers (mean over seeds)").name
+    for row, name in zip(rows, _file_names(row.defense for row in rows), strict=True):
+        first = next(r for r in records if r["label"] == row.defense)
         report = AttackReport.from_dict(first["report"])
         results = [r for r in report.results if r.threshold_source != "oracle"]
         if results:
-            plots[f"roc_{row.defense}"] = plot_roc(
-                results, out / f"roc_{row.defense}.png",
+            plots[f"roc_{name}"] = plot_roc(
+                results, out / f"roc_{name}.png",
                 title=f"{spec.dataset}, {row.defense}, seed {first['seed']}").name
 
     command = shlex.join(["tfmi", *sys.argv[1:]]) if Path(sys.argv[0]).name == "tfmi" else None
@@ -187,21 +235,57 @@ def _finish(spec, records, store) -> None:
         "spec": spec.to_dict(),
         "versions": library_versions(),
         "seconds_per_cell": {r["key"]: round(r["seconds"], 1) for r in records},
+        # the benchmark's cost: every cell's training and attack time (cached cells included), and
+        # this command's own wall time
+        "cell_seconds_total": round(sum(r["seconds"] for r in records), 1),
+        "cells_run": ran,
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
     results = {
         "meta": meta,
         "summary": [dict(zip(SUMMARY_HEADERS, r, strict=True)) for r in summary],
         "attacks": [dict(zip(ATTACK_HEADERS, r, strict=True)) for r in attack_rows],
+        "frontier": {
+            "table": [dict(zip(FRONTIER_HEADERS, r, strict=True)) for r in frontier_rows],
+            "defenses": [f.to_dict() for f in frontiers],
+            "points": [dataclasses.asdict(p) for p in fpoints],
+        },
         "cells": records,
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
-    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, plots))
+    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, frontier_rows, plots))
     store.record_written(["results.json", "results.md", *plots.values()])
-    click.echo(f"\nsaved     {out}/ (results.md, results.json, {', '.join(plots.values())})")
+    click.echo(f"\ntime      {_time_line(meta)}")
+    click.echo(f"saved     {out}/ (results.md, results.json, {', '.join(plots.values())})")
 
 
-def _markdown(spec, meta, summary, attack_rows, plots) -> str:
+def _time_line(meta) -> str:
+    cells = len(meta["seconds_per_cell"])
+    return (f"{_duration(meta['cell_seconds_total'])} of training and attacks over {cells} cells "
+            f"({meta['cells_run']} run now, {cells - meta['cells_run']} cached); this run "
+            f"{_duration(meta['elapsed_seconds'])} elapsed")
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def _file_names(labels) -> list[str]:
+    """File-name parts for row labels: ``l2 (l2=0.01)`` -> ``l2_l2-0.01``, made unique if they clash."""
+    names: list[str] = []
+    for label in labels:
+        base = re.sub(r"[^A-Za-z0-9.+-]+", "_", label.replace("=", "-")).strip("_") or "row"
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _markdown(spec, meta, summary, attack_rows, frontier_rows, plots) -> str:
     from tfmi.benchmark import ATTACK_HEADERS, SUMMARY_HEADERS
+    from tfmi.frontier import FRONTIER_HEADERS
     from tfmi.report import markdown_table
 
     train = spec.train
@@ -230,10 +314,28 @@ def _markdown(spec, meta, summary, attack_rows, plots) -> str:
     ]
     if "privacy_utility" in plots:
         lines += [f"![privacy/utility]({plots['privacy_utility']})", ""]
+    if frontier_rows:
+        lines += [
+            "## Privacy-utility frontiers", "",
+            "Per defense, over its settings (rows; means over seeds). A setting is on the frontier when no "
+            "other setting of the defense is at least as accurate with at most the same best-attack "
+            "TPR@1%FPR (the highest TPR at 1% FPR of any realistic attack), and strictly better in one. "
+            "*Best test acc @ TPR@1% <= x* is the best accuracy among settings that keep that TPR at most "
+            "x (- if none does). *Frontier area* is the area under the step function \"best test "
+            "accuracy among settings with metric <= x\" for x from 0 to the largest value of the metric "
+            "in this benchmark, divided by that value: the mean best accuracy over privacy budgets below "
+            "the worst leakage measured, comparable within this benchmark only (by TPR@1%FPR, and by max "
+            "advantage). Settings at that worst value add nothing: the undefended model scores 0.",
+            "",
+            markdown_table(FRONTIER_HEADERS, frontier_rows),
+            "",
+        ]
+        if "frontier" in plots:
+            lines += [f"![frontier]({plots['frontier']})", ""]
     lines += ["## Every attack", "", markdown_table(ATTACK_HEADERS, attack_rows), ""]
     for name, file in plots.items():
         if name.startswith("roc_"):
             lines += [f"![{name}]({file})", ""]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-    lines += [f"Produced {meta['created']} with {versions}.", ""]
+    lines += [f"Time: {_time_line(meta)}.", "", f"Produced {meta['created']} with {versions}.", ""]
     return "\n".join(lines)

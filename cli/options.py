@@ -28,6 +28,16 @@ DEFENSE_OPTIONS = [
     ("--mmd-bandwidth", "mmd_bandwidths", float,
      "Gaussian kernel bandwidth; repeat for a sum of kernels"),
     ("--gap-threshold", "gap_threshold", float, "Train/reference accuracy gap that switches MMD on"),
+    ("--mmd-optimizer", "mmd_optimizer", click.Choice(["shared", "sgd"]),
+     "Optimizer of the paper schedule's MMD steps: the cross-entropy steps' own, or a separate SGD "
+     "with momentum 0.9 (the authors')"),
+    ("--mmd-learning-rate", "mmd_learning_rate", float, "Learning rate of --mmd-optimizer sgd"),
+    ("--reference-refresh", "reference_refresh", click.Choice(["per_pass", "per_batch"]),
+     "When the MMD pass computes the reference outputs: once per pass, or for every batch with the "
+     "current weights (the authors')"),
+    ("--target-gap", "target_gap", float,
+     "Adapt lambda after each epoch so the train/reference accuracy gap settles here (never looks at "
+     "the non-members; the lambda trajectory is recorded)"),
     ("--mixup-alpha", "mixup_alpha", float, "Mixup Beta(alpha, alpha) (mixup, mmd-mixup)"),
     ("--l2", "l2", float, "Weight decay coefficient (l2)"),
     ("--dropout", "dropout", float, "Dropout rate (dropout)"),
@@ -82,3 +92,57 @@ def defense_from_options(name: str, values: dict):
     from tfmi.defenses.config import DefenseConfig
 
     return DefenseConfig(name, **defense_parameters(values))
+
+
+def _train_default_help(field: str) -> str:
+    from tfmi.training_config import TRAIN_DEFAULTS
+
+    value = TRAIN_DEFAULTS[field]
+    return f"[default: {value if value != () else 'none'}]"
+
+
+def recipe_options(command):
+    """Add the optimizer recipe options (and --preset) shared by `tfmi train` and `tfmi benchmark`."""
+    options = [
+        click.option("--preset", type=click.Choice(["paper"]), default=None,
+                     help="The authors' recipe for the dataset (optimizer, schedule, weight decay, batch, "
+                          "epochs, lambda, mixup; see tfmi/presets.py). Options given explicitly win."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+                     help=f"Optimizer {_train_default_help('optimizer')}."),
+        click.option("--momentum", type=float, default=None,
+                     help=f"SGD momentum {_train_default_help('momentum')}."),
+        click.option("--weight-decay", type=float, default=None,
+                     help=f"Optimizer weight decay {_train_default_help('weight_decay')}."),
+        click.option("--lr-drop-at", "lr_milestones", type=int, multiple=True,
+                     help="Epoch at which the learning rate drops 10x; repeat for several "
+                          f"{_train_default_help('lr_milestones')}."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def given(name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or through its environment variable)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def resolve_recipe(preset_name: str | None, dataset: str, model_name: str | None, values: dict):
+    """(model, TrainConfig keyword arguments, preset or None) from the recipe options and a preset.
+
+    ``values`` holds epochs, batch_size, learning_rate, optimizer, momentum, weight_decay and
+    lr_milestones as the CLI parsed them; a preset fills what the user did not set.
+    """
+    from tfmi.presets import paper_preset
+
+    preset = paper_preset(dataset, model_name) if preset_name == "paper" else None
+    settings = dict(preset.train) if preset else {}
+    for name, value in values.items():
+        unset = value is None or value == ()
+        if (given(name) or name not in settings) and not unset:
+            settings[name] = tuple(value) if name == "lr_milestones" else value
+    model = model_name or (preset.model if preset else None)
+    return model, settings, preset

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_dir_option, defense_from_options, defense_options
+from cli.options import data_dir_option, defense_from_options, defense_options, recipe_options
 from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_MODELS_DIR = Path("saved_models")
@@ -26,8 +26,8 @@ DEFAULT_MODELS_DIR = Path("saved_models")
 @click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
 @click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
-              show_default=True,
-              help="Adam learning rate.")
+              show_default=True, help="Learning rate (of the optimizer below).")
+@recipe_options
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS["seed"], show_default=True,
               help="Seeds the membership split and training.")
 @click.option("--target-size", type=int, default=None,
@@ -40,28 +40,45 @@ DEFAULT_MODELS_DIR = Path("saved_models")
 @click.option("--force", is_flag=True,
               help="Replace an existing `tfmi train` output (never a folder tfmi did not write).")
 @defense_options
-def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learning_rate, seed,
-          target_size, reference_size, out, force, defense, **defense_values) -> None:
+def train(dataset, data_dir, label_column, model_name, epochs, batch_size, learning_rate, preset, optimizer,
+          momentum, weight_decay, lr_milestones, seed, target_size, reference_size, out, force, defense,
+          **defense_values) -> None:
     """Train a target model on its members and save it (SavedModel, .keras, split, JSON sidecar).
 
     With --defense, the model is trained with a membership-inference defense; its parameters are
-    recorded in the sidecar (for dp-sgd with the achieved epsilon and delta).
+    recorded in the sidecar (for dp-sgd with the achieved epsilon and delta). --preset paper trains
+    with the authors' recipe for the dataset (and, unless --defense is given, their defense
+    settings); options given explicitly override it.
     """
+    # every option is checked before the data is read and long before any training
+    from cli.options import given, resolve_recipe
     from tfmi.data import load_dataset, membership_split
     from tfmi.models import check_model_name
     from tfmi.safe_write import check_output_dir, output_lock
     from tfmi.training import TrainConfig, check_batch_size
 
-    # every option is checked before the data is read and long before any training
-    defense_config = defense_from_options(defense, defense_values)
-    TrainConfig(model_name or "mlp", epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                seed=seed)
+    recipe = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+              "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay,
+              "lr_milestones": lr_milestones}
+    model_name, settings, chosen_preset = resolve_recipe(preset, dataset, model_name, recipe)
+    if chosen_preset is not None and not given("defense"):
+        from cli.options import defense_parameters
+        from tfmi.defenses.config import DefenseConfig
+
+        preset_defense = {k: v for k, v in chosen_preset.defense.items() if k != "name"}
+        defense_config = DefenseConfig(chosen_preset.defense["name"],
+                                       **(preset_defense | defense_parameters(defense_values)))
+    else:
+        defense_config = defense_from_options(defense, defense_values)
+    TrainConfig(model_name or "mlp", seed=seed, **settings)
     if out is not None:
         check_output_dir(out, "train", force=force)
     data = load_dataset(dataset, data_dir, label_column=label_column)
     model_name = check_model_name(model_name or data.default_model)
-    config = TrainConfig(model_name, epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, seed=seed)
+    config = TrainConfig(model_name, seed=seed, **settings)
+    epochs, batch_size, learning_rate = config.epochs, config.batch_size, config.learning_rate
+    if target_size is None and chosen_preset is not None and chosen_preset.target_size is not None:
+        target_size = chosen_preset.target_size
     target_size = data.default_target_size if target_size is None else target_size
     split = membership_split(data.y, target_size, reference_size, seed=seed)
     check_batch_size(batch_size, len(split.members))
@@ -85,7 +102,12 @@ def _train_and_save(data, split, config, defense_config, label_column, dataset, 
                f"input {data.input_shape}, {data.num_classes} classes")
     click.echo(f"split    seed {seed}: {sizes['members']} members, {sizes['non_members']} non-members, "
                f"{sizes['reference']} reference, {sizes['shadow_pool']} shadow pool")
-    click.echo(f"model    {model_name}, {epochs} epochs, batch {batch_size}, Adam lr {learning_rate:g}")
+    milestones = ", ".join(map(str, config.lr_milestones))
+    schedule = f", lr / 10 at epochs {milestones}" if milestones else ""
+    sgd = f" momentum {config.momentum:g}" if config.optimizer == "sgd" else ""
+    decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
+    click.echo(f"model    {model_name}, {epochs} epochs, batch {batch_size}, {config.optimizer} lr "
+               f"{learning_rate:g}{sgd}{decay}{schedule}")
     click.echo("defense  " + ", ".join(f"{k} {v}" for k, v in defense_config.to_dict().items()))
 
     import tensorflow as tf

@@ -2,6 +2,8 @@
 
 - ``mlp``: the tabular network of Nasr et al. (2018) for Location30/Purchase100/Texas100:
   tanh layers 1024-512-256-128 (inputs are flattened, so it also runs on images);
+- ``mlp3``: the same without the 128 layer, tanh 1024-512-256: Li et al.'s Location network (their
+  MIST code, ``model/target_model.py``), which ``--preset paper`` uses;
 - ``cnn``: a small CNN for 8x8 (digits) and 28x28 (Fashion-MNIST) images;
 - ``alexnet``: the AlexNet-style CIFAR network used by Nasr et al. and Li et al.;
 - ``resnet20``: the CIFAR ResNet-20 of He et al. (2016).
@@ -115,8 +117,14 @@ def resnet20(input_shape, num_classes, dropout=0.0, reg=None):
     return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="resnet20")
 
 
+def authors_location_mlp(input_shape, num_classes, dropout=0.0, reg=None) -> tf.keras.Model:
+    """Li et al.'s tanh 1024-512-256 network for Location (MIST ``model/target_model.py``)."""
+    return tabular_mlp(input_shape, num_classes, dropout, reg, units=(1024, 512, 256))
+
+
 MODEL_BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
     "mlp": tabular_mlp,
+    "mlp3": authors_location_mlp,
     "cnn": small_cnn,
     "alexnet": alexnet,
     "resnet20": resnet20,

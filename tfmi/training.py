@@ -16,7 +16,8 @@ from tfmi.models import build_model
 from tfmi.training_config import TrainConfig, check_batch_size
 
 __all__ = [
-    "TrainConfig", "TrainedTarget", "TrainingPlan", "check_batch_size", "plan_training", "train_target",
+    "LearningRateMilestones", "TrainConfig", "TrainedTarget", "TrainingPlan", "check_batch_size",
+    "make_optimizer", "plan_training", "train_target",
 ]
 
 
@@ -37,10 +38,57 @@ class TrainedTarget:
         return self.train_accuracy - self.test_accuracy
 
 
-def _optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(config: TrainConfig, *, legacy: bool = False) -> tf.keras.optimizers.Optimizer:
+    """The optimizer ``config`` names, with its learning rate, momentum and weight decay.
+
+    ``legacy=True`` gives Keras's legacy (fused) implementation of the same update rule, which the
+    batched shadows use; it has no weight decay, so it refuses a config that asks for one.
+
+    >>> make_optimizer(TrainConfig("mlp", optimizer="sgd", learning_rate=0.1)).momentum
+    0.9
+    """
+    if legacy:
+        if config.weight_decay:
+            raise TfmiError("the legacy optimizers have no weight decay: train these models one by one")
+        if config.optimizer == "sgd":
+            return tf.keras.optimizers.legacy.SGD(config.learning_rate, momentum=config.momentum)
+        return tf.keras.optimizers.legacy.Adam(config.learning_rate)
+    decay = {"weight_decay": config.weight_decay} if config.weight_decay else {}
     if config.optimizer == "sgd":
-        return tf.keras.optimizers.SGD(config.learning_rate, momentum=0.9)
-    return tf.keras.optimizers.Adam(config.learning_rate)
+        return tf.keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, **decay)
+    return tf.keras.optimizers.Adam(config.learning_rate, **decay)
+
+
+_optimizer = make_optimizer
+
+
+class LearningRateMilestones(tf.keras.callbacks.Callback):
+    """Divides the optimizer's learning rate by 10 at each of ``config.lr_milestones`` (0-based epochs).
+
+    Every optimizer the model owns drops from its own starting rate, a separate one for the MMD
+    steps included.
+    """
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.config = config
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # each optimizer keeps its own base rate (an MMD optimizer may have its own) and drops with it
+        self._base = [(o, float(o.learning_rate.numpy())) for o in _optimizers_of(self.model)]
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        factor = self.config.learning_rate_at(epoch) / self.config.learning_rate
+        for optimizer, base in self._base:
+            optimizer.learning_rate.assign(base * factor)
+
+
+def _optimizers_of(model: tf.keras.Model) -> list:
+    found = [model.optimizer] if getattr(model, "optimizer", None) is not None else []
+    extra = getattr(model, "mmd_optimizer", None)
+    if extra is not None and extra is not model.optimizer:
+        found.append(extra)
+    return found
 
 
 @dataclass
@@ -70,16 +118,24 @@ def plan_training(
     reference = (data.x[split.reference], data.y[split.reference])
     plan = TrainingPlan(trainable=inner, inner=inner, record=defense.to_dict())
     if name in ("mmd", "mixup", "mmd-mixup"):
-        from tfmi.defenses.mmd_mixup import MMDMixupModel
+        from tfmi.defenses.mmd_mixup import MMDMixupModel, MMDWeightRecorder
 
+        mmd_options = {}
+        if name != "mixup":
+            mmd_options = {"reference_refresh": defense.reference_refresh, "target_gap": defense.target_gap}
+            if defense.mmd_optimizer == "sgd":  # the authors' own optimizer for the MMD steps
+                mmd_options["mmd_optimizer"] = tf.keras.optimizers.SGD(
+                    defense.mmd_learning_rate or config.learning_rate, momentum=0.9)
         plan.trainable = MMDMixupModel(
             inner, reference,
             mmd_weight=0.0 if name == "mixup" else defense.mmd_weight,
             mixup_alpha=None if name == "mmd" else defense.mixup_alpha,
             bandwidths=defense.mmd_bandwidths, schedule=defense.mmd_schedule,
-            gap_threshold=defense.gap_threshold, seed=config.seed,
+            gap_threshold=defense.gap_threshold, seed=config.seed, **mmd_options,
         )
         plan.record["mmd_weight"] = plan.trainable.mmd_weight
+        if defense.target_gap is not None and name != "mixup":  # lambda per epoch, into the record
+            plan.callbacks.append(MMDWeightRecorder(plan.record))
         plan.trainable.compile(optimizer=_optimizer(config), metrics=["accuracy"])
     elif name == "advreg":
         from tfmi.defenses.advreg import AdvRegModel
@@ -126,6 +182,8 @@ def plan_training(
         plan.validate_on_reference = True
         plan.callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=defense.patience, restore_best_weights=True))
+    if config.lr_milestones:
+        plan.callbacks.append(LearningRateMilestones(config))
     return plan
 
 

@@ -25,7 +25,12 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one target-training run (recorded in the model's sidecar)."""
+    """Hyper-parameters of one target-training run (recorded in the model's sidecar).
+
+    ``momentum`` applies to ``optimizer="sgd"``; ``weight_decay`` is the optimizer's weight decay
+    (Keras's decoupled form: ``w -= lr * weight_decay * w`` each step); ``lr_milestones`` are the
+    epochs at which the learning rate is divided by 10 (the authors' ``--schedule``).
+    """
 
     model: str
     epochs: int = 30
@@ -34,6 +39,9 @@ class TrainConfig:
     seed: int = 0
     dropout: float = 0.0
     optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -46,9 +54,29 @@ class TrainConfig:
                      hint="seeds are unsigned 32-bit integers")
         if self.optimizer not in OPTIMIZERS:
             raise TfmiError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        check_number("momentum", self.momentum, low=0, high=1, high_inclusive=False, hint="0.9 is usual")
+        check_number("weight decay", self.weight_decay, low=0, hint="1e-5 is the authors' value")
+        milestones = tuple(self.lr_milestones)
+        for epoch in milestones:
+            check_number("a learning-rate milestone", epoch, low=1, integer=True,
+                         hint="the epochs at which the learning rate drops 10x")
+        if list(milestones) != sorted(set(milestones)):
+            raise TfmiError(f"learning-rate milestones must be increasing epochs, got {list(milestones)}")
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in milestones))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        record["lr_milestones"] = list(self.lr_milestones)  # what JSON gives back, so records compare equal
+        return record
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of 0-based ``epoch``: divided by 10 at every milestone passed.
+
+        >>> TrainConfig("mlp", learning_rate=0.1, lr_milestones=(2, 4)).learning_rate_at(3)
+        0.01
+        """
+        drops = sum(epoch >= m for m in self.lr_milestones)
+        return float(self.learning_rate / 10**drops)
 
 
 #: TrainConfig's defaults by field, for option help texts (one source of truth)
