@@ -311,7 +311,8 @@ def test_audit_options_take_effect(trained, saved_audit, tmp_path):
         assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
     assert saved["meta"]["shadow_training"] == {"model": "mlp", "epochs": 2, "batch_size": 16,
                                                 "learning_rate": 0.01, "seed": 5, "dropout": 0.0,
-                                                "optimizer": "adam"}
+                                                "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
+                                                "lr_milestones": []}
     # the CSV copy of the data gives the same oracle loss AUC as the .npz audit of the same network
     npz_loss = next(r for r in load_report(saved_audit[0])["report"]["results"]
                     if r["attack"] == "loss" and r["threshold_source"] == "oracle")

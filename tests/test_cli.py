@@ -116,7 +116,7 @@ def _corrupt_location(folder: Path) -> Path:
     "args, message",
     [
         (["--dataset", "mnist"], "unknown dataset 'mnist': use one of digits, location30"),
-        (["--model", "vgg"], "unknown model 'vgg': use one of mlp, cnn, alexnet, resnet20"),
+        (["--model", "vgg"], "unknown model 'vgg': use one of mlp, mlp3, cnn, alexnet, resnet20"),
         (["--target-size", "1000"], "needs 2000 records .* use --target-size 898 or less"),
         (["--epochs", "0"], "epochs must be a positive integer"),
         (["--lr", "-1"], "learning rate must be a positive number"),

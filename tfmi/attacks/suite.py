@@ -381,12 +381,7 @@ def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out
     through a softmax at the target's float precision, so target and shadows saturate alike."""
     from tfmi.attacks.signals import lira_phi, shadow_lira_phi
 
-    order = np.argsort(shadows.pool)
-    sorted_pool = shadows.pool[order]
-    at = np.minimum(np.searchsorted(sorted_pool, evaluated), len(sorted_pool) - 1)
-    in_pool = sorted_pool[at] == evaluated
-    position = order[at]
-    in_mask = shadows.masks[:, position] & in_pool[None, :]
+    in_mask, position, in_pool = _pool_positions(shadows, evaluated)
     x_eval = data.x[evaluated]
     phis = []
     for q, out in zip(queries, target_out, strict=True):
@@ -399,18 +394,38 @@ def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out
     return in_mask, np.stack(phis, axis=-1), target_phi
 
 
+def _pool_positions(
+    shadows: ShadowSet, records: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``records``: their (K, n) IN mask (OUT everywhere for records outside the shadows' pool),
+    their column in the pool, and whether they are in it."""
+    order = np.argsort(shadows.pool)
+    sorted_pool = shadows.pool[order]
+    at = np.minimum(np.searchsorted(sorted_pool, records), len(sorted_pool) - 1)
+    in_pool = sorted_pool[at] == records
+    position = order[at]
+    return shadows.masks[:, position] & in_pool[None, :], position, in_pool
+
+
+def _online_unavailable(label: str, name: str, in_mask: np.ndarray, explicit: bool, notes: list[str]) -> bool:
+    """True (with a note, or an error when asked for by name) when no evaluated record has IN shadows."""
+    if in_mask.any():
+        return False
+    message = (f"{label} needs shadows trained on pools that contain the evaluated records "
+               "(online shadow pool)")
+    if explicit:
+        raise TfmiError(message + ": train the shadows on the members and non-members")
+    notes.append(f"skipped {name}: {message}")
+    return True
+
+
 def _lira(name, num_shadows, lira_inputs, is_member, fixed_variance, eval_kwargs, notes,
           explicit) -> tuple[AttackResult, np.ndarray] | None:
     online = name == "lira_online"
     in_mask, shadow_phi, target_phi = lira_inputs
     if fixed_variance is None:
         fixed_variance = num_shadows < FIXED_VARIANCE_BELOW
-    if online and not in_mask.any():
-        message = ("LiRA online needs shadows trained on pools that contain the evaluated records "
-                   "(online shadow pool)")
-        if explicit:
-            raise TfmiError(message + ": train the shadows on the members and non-members")
-        notes.append(f"skipped lira_online: {message}")
+    if online and _online_unavailable("LiRA online", "lira_online", in_mask, explicit, notes):
         return None
     lira = LiRA(online=online, fixed_variance=fixed_variance).fit(shadow_phi, in_mask)
     # too few shadows per record for a pooled within-record spread: say which fallback was used
@@ -438,19 +453,14 @@ def _rmia(names, target, data, shadows, shadow_logits, evaluated, y_eval, signal
                 raise TfmiError(message + ": pass population=record indices (e.g. split.reference)")
             notes.append(f"skipped {', '.join(names)}: {message} (pass a population)")
             return []
-    order = np.argsort(shadows.pool)
-    sorted_pool = shadows.pool[order]
-
     def shadow_side(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        at = np.minimum(np.searchsorted(sorted_pool, records), len(sorted_pool) - 1)
-        in_pool = sorted_pool[at] == records
-        position = order[at]
+        mask, position, in_pool = _pool_positions(shadows, records)
         if in_pool.all():
             logits = shadow_logits[:, position]
         else:
             logits = shadows.logits(data.x[records], batch_size)
         probs = _flat_signals(logits, np.asarray(data.y[records])).true_class_probability
-        return shadows.masks[:, position] & in_pool[None, :], probs.reshape(shadows.num_shadows, -1)
+        return mask, probs.reshape(shadows.num_shadows, -1)
 
     in_mask, shadow_probs = shadow_side(evaluated)
     population_in, population_shadow_probs = shadow_side(population)
@@ -460,12 +470,7 @@ def _rmia(names, target, data, shadows, shadow_logits, evaluated, y_eval, signal
     results = []
     for name in names:
         online = name == "rmia_online"
-        if online and not in_mask.any():
-            message = ("RMIA online needs shadows trained on pools that contain the evaluated records "
-                       "(online shadow pool)")
-            if explicit:
-                raise TfmiError(message + ": train the shadows on the members and non-members")
-            notes.append(f"skipped rmia_online: {message}")
+        if online and _online_unavailable("RMIA online", "rmia_online", in_mask, explicit, notes):
             continue
         rmia = RMIA(online=online).fit(shadow_probs, in_mask, population_target_probs,
                                        population_shadow_probs, population_in_mask=population_in)
