@@ -11,3 +11,19 @@ class TfmiError(ValueError):
     ...
     tfmi.errors.TfmiError: labels must be integers 0..9; found -1 (fix the label column)
     """
+
+
+def first_line(error: BaseException, fallback: str | None = None) -> str:
+    """The first non-empty line of an exception's message, else ``fallback`` (default its type name):
+    what a one-line `TfmiError` quotes from a library's multi-line error.
+
+    >>> first_line(ValueError("\\n  bad header  \\n details"))
+    'bad header'
+    >>> first_line(KeyError(), "bad header")
+    'bad header'
+    """
+    message = getattr(error, "message", None) or str(error)
+    for line in message.splitlines():
+        if line.strip():
+            return line.strip()
+    return fallback if fallback is not None else type(error).__name__

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmi import model_safety
-from tfmi.errors import TfmiError
+from tfmi.errors import TfmiError, first_line
 from tfmi.outputs import last_activation
 
 SAVED_MODEL_FILE = model_safety.SAVED_MODEL_FILE
@@ -89,15 +89,6 @@ def _quiet_tf_logging() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(previous)
-
-
-def _first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (or its type name)."""
-    message = getattr(error, "message", None) or str(error)
-    for line in message.splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__
 
 
 def _static_dims(shape: tf.TensorShape | tuple | list | None) -> tuple[int, ...] | None:
@@ -183,7 +174,7 @@ def _tf_saved_model_load(source: Path, directory: Path):
             return tf.saved_model.load(str(source))
     except _LOADER_ERRORS as error:
         raise TfmiError(
-            f"cannot load SavedModel {directory}: {_first_line(error)} "
+            f"cannot load SavedModel {directory}: {first_line(error)} "
             "(is it a complete SavedModel written by a compatible TensorFlow version?)"
         ) from error
 
@@ -316,7 +307,7 @@ def _load_saved_model(directory: Path, signature: str | None, unsafe_load: bool)
             result = function(**{input_name: tf.constant(batch, dtype=dtype)})
         except (tf.errors.OpError, ValueError, TypeError) as error:
             raise TfmiError(
-                f"{where} failed on a batch of shape {batch.shape}: {_first_line(error)}"
+                f"{where} failed on a batch of shape {batch.shape}: {first_line(error)}"
             ) from error
         (value,) = tf.nest.flatten(result)
         return np.asarray(value.numpy())
@@ -376,7 +367,7 @@ def _load_keras(path: Path, fmt: str, unsafe_load: bool = False) -> LoadedModel:
     except _LOADER_ERRORS as error:
         if isinstance(error, TfmiError):
             raise
-        message = _first_line(error)
+        message = first_line(error)
         if "safe_mode" in str(error):
             raise model_safety.refusal(path, [f"Keras safe_mode refused it: {message.split('. ')[0]}"]) \
                 from error
@@ -407,7 +398,7 @@ def _load_keras(path: Path, fmt: str, unsafe_load: bool = False) -> LoadedModel:
             result = model(tf.constant(batch, dtype=tf.float32), training=False)
         except (tf.errors.OpError, ValueError, TypeError) as error:
             raise TfmiError(
-                f"{where} failed on a batch of shape {batch.shape}: {_first_line(error)}"
+                f"{where} failed on a batch of shape {batch.shape}: {first_line(error)}"
             ) from error
         return np.asarray(result)
 

@@ -152,8 +152,9 @@ def _eps(value: float | None) -> str | None:
 
 def _best_realistic(report: AttackReport) -> AttackResult | None:
     """The realistic attack with the highest max advantage (threshold-free: see `RANKED_BY`)."""
-    realistic = [r for r in report.results if r.threshold_source != "oracle"]
-    return max(realistic, key=lambda r: r.advantage) if realistic else None
+    if not any(r.threshold_source != "oracle" for r in report.results):
+        return None
+    return report.best()
 
 
 #: how "best attack" is chosen, said wherever it is shown

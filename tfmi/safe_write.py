@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from tfmi.errors import TfmiError
+from tfmi.errors import TfmiError, first_line
 
 MARKER_FILE = ".tfmi-output"
 LOCK_SUFFIX = ".tfmi-lock"
@@ -142,11 +142,10 @@ def write_error(path: Path, error: BaseException) -> TfmiError:
     if code not in _WRITE_HINTS:
         text = str(error)
         code = next((c for c in _WRITE_HINTS if os.strerror(c) in text), code)
-    lines = str(error).splitlines()
     if code in _WRITE_HINTS:
         reason = os.strerror(code)
     else:
-        reason = getattr(error, "strerror", None) or (lines[0][:200] if lines else type(error).__name__)
+        reason = getattr(error, "strerror", None) or first_line(error)[:200]
     hint = _WRITE_HINTS.get(code, "check the disk and the --out path")
     return TfmiError(f"cannot write {path}: {reason} ({hint}); nothing was left behind")
 
@@ -368,14 +367,15 @@ def _remove_empty(folders: list[Path]) -> None:
 def atomic_directory(out: str | os.PathLike, kind: str, *, force: bool = False) -> Iterator[Path]:
     """Yield a private staging folder that becomes the tfmi output ``out`` only if the block completes.
 
-    ``out`` is checked (`check_output_dir`) and locked (`output_lock`) first; the marker is added
-    and modes set under the umask before the swap. With ``force`` a previous tfmi output of the same
-    kind is replaced, and restored if the swap fails. Failures to write raise `TfmiError`; the
-    staging folder never outlives the block.
+    ``out`` is locked (`output_lock`) and checked (`check_output_dir`) before anything is written,
+    and checked again right before the swap, so a file a user put there meanwhile is never replaced;
+    the marker is added and modes set under the umask before the swap. With ``force`` a previous tfmi
+    output of the same kind is replaced, and restored if the swap fails. Failures to write raise
+    `TfmiError`; the staging folder never outlives the block.
     """
-    out = check_output_dir(out, kind, force=force)
+    out = Path(out)
     with output_lock(out):
-        check_output_dir(out, kind, force=force)  # again, now that no other tfmi process can change it
+        check_output_dir(out, kind, force=force)
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         except OSError as error:
@@ -384,6 +384,7 @@ def atomic_directory(out: str | os.PathLike, kind: str, *, force: bool = False) 
             yield staging
             write_marker(staging, kind, [p.name for p in staging.iterdir()])
             _apply_modes(staging)
+            check_output_dir(out, kind, force=force)  # what is there now is what the swap replaces
             _swap_into_place(staging, out)
         except OSError as error:
             raise write_error(out, error) from None

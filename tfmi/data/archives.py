@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmi.data.download import cache_dir, sha256_of
-from tfmi.errors import TfmiError
+from tfmi.errors import TfmiError, first_line
 
 CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
 
@@ -38,8 +38,7 @@ def readable(path: Path, what: str) -> Iterator[None]:
             "or a smaller file"
         ) from None
     except (ValueError, KeyError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TfmiError(f"could not read {path} as {what}: {first_line}") from None
+        raise TfmiError(f"could not read {path} as {what}: {first_line(exc)}") from None
 
 
 # deflate expands at most ~1032x; anything claiming more is a forged size, not data
@@ -95,10 +94,9 @@ def _check_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInf
             else:  # 3.0 (utf-8 field names) has no public reader
                 shape, _, dtype = np.lib.format._read_array_header(member, version)
         except ValueError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "bad header"
             raise TfmiError(
-                f"{path}: array {name!r} has no valid .npy header ({first_line}): the file is corrupt "
-                "or truncated; replace it with a fresh copy"
+                f"{path}: array {name!r} has no valid .npy header ({first_line(exc, 'bad header')}): the "
+                "file is corrupt or truncated; replace it with a fresh copy"
             ) from None
         header_size = member.tell()
     if dtype.hasobject:
