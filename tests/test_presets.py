@@ -101,3 +101,34 @@ def test_train_with_the_paper_preset_on_location30(shared_data_dir, tmp_path):
     assert sidecar["defense"]["name"] == "mmd" and sidecar["defense"]["mmd_weight"] == 6.5
     assert sidecar["options"]["preset"] == "paper" and sidecar["split"]["sizes"]["members"] == 1500
     assert "sgd lr 0.1 momentum 0.9, weight decay 1e-05" in result.output
+
+
+def test_recipe_options_from_the_cli_reach_the_sidecar(tmp_path):
+    out = tmp_path / "m"
+    result = run(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--target-size", "200",
+                  "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.5", "--weight-decay", "1e-4",
+                  "--lr-drop-at", "1", "--defense", "mmd", "--mmd-optimizer", "sgd",
+                  "--mmd-learning-rate", "0.02", "--out", out])
+    assert result.exit_code == 0, result.output + result.stderr
+    sidecar = json.loads((out / "tfmi.json").read_text())
+    training = sidecar["training"]
+    assert (training["optimizer"], training["learning_rate"], training["momentum"], training["weight_decay"],
+            training["lr_milestones"]) == ("sgd", 0.05, 0.5, 1e-4, [1])
+    assert sidecar["defense"]["mmd_optimizer"] == "sgd" and sidecar["defense"]["mmd_learning_rate"] == 0.02
+    assert "lr / 10 at epochs 1" in result.output
+
+
+def test_benchmark_with_the_paper_preset_trains_every_row_with_the_recipe(shared_data_dir, tmp_path):
+    out = tmp_path / "b"
+    result = run(["benchmark", "--preset", "paper", "--dataset", "location30", "--data-dir", shared_data_dir,
+                  "--epochs", "1", "--shadows", "0", "--attacks", "gap", "--defenses", "none,mmd",
+                  "--out", out])
+    assert result.exit_code == 0, result.output + result.stderr
+    spec = json.loads((out / "results.json").read_text())["meta"]["spec"]
+    train = spec["train"]
+    recipe = tuple(train[k] for k in ("model", "optimizer", "learning_rate", "batch_size", "epochs"))
+    assert recipe == ("mlp3", "sgd", 0.1, 100, 1)
+    mmd = next(d for d in spec["defenses"] if d["name"] == "mmd")
+    assert mmd["mmd_weight"] == 6.5 and mmd["mmd_optimizer"] == "sgd"
+    assert mmd["reference_refresh"] == "per_batch"
+    assert spec["target_size"] == 1500
