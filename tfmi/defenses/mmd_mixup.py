@@ -25,13 +25,13 @@ outputs for every MMD batch with the current weights (the authors' way) instead 
 ``target_gap`` adapts lambda after every epoch so the train/reference accuracy gap settles at a
 target (`MMDMixupModel` explains the controller).
 
-The gap costs no extra pass where training already sees the numbers. Joint: the running accuracies,
+The gap: joint, at no extra pass, the running accuracies,
 over the epoch, of the very batches MMD compares (training and reference, both clean or both mixed
 alike, scored against the dominant label); the reference forward pass therefore runs while the gate
-is shut too. Paper: the running accuracy of the cross-entropy pass when it runs on clean inputs
-(else one inference pass over the training data), and the reference accuracy from the reference
-outputs the MMD pass needs anyway, computed once per pass in inference mode (they are constants to
-the gradient either way).
+is shut too. Paper: one inference pass over the training data, as the authors measure it (the running
+accuracy of the cross-entropy pass would lag behind: it starts from the weights the previous MMD pass
+moved), and the reference accuracy from the reference outputs the MMD pass needs anyway, computed
+once per pass in inference mode (they are constants to the gradient either way).
 
 >>> import numpy as np, tensorflow as tf
 >>> from tfmi.models import build_model
@@ -236,7 +236,7 @@ class MMDMixupModel(DefendedModel):
     @property
     def tracks_training_accuracy(self) -> bool:
         """Whether train_step keeps the running accuracy the schedule's gap needs (free, no pass)."""
-        return self.joint_mmd or (self.mmd_weight > 0 and self.mixup_alpha is None)
+        return self.joint_mmd
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
@@ -431,9 +431,7 @@ class MMDSchedule(tf.keras.callbacks.Callback):
                 gap = self._clean_gap(reference)
                 self._control(gap)  # for the pass that follows
                 self._weight = model.current_mmd_weight
-            elif model.tracks_training_accuracy:  # clean inputs: the epoch's running accuracy
-                gap = float(logs["mmd_train_accuracy"]) - _reference_accuracy(reference, model)
-            else:
+            else:  # in inference mode, as the authors gate: running accuracies lag an MMD pass
                 gap = self._clean_gap(reference)
             ran = gap >= model.gap_threshold and epoch < self.epochs - 1
             if ran:
