@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfmi.data import load_dataset, membership_split  # noqa: E402
@@ -50,7 +51,7 @@ WORKLOADS = {
 }
 
 
-class EpochTimer(tf.keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
     """Wall time from each epoch's start to the next one's (so later callbacks' work counts)."""
 
     def __init__(self):
@@ -77,7 +78,7 @@ def time_configuration(data, split, workload, defense, epochs: int) -> float:
     timer = EpochTimer()
     y = data.y[split.members]
     if plan.one_hot_labels:
-        y = tf.keras.utils.to_categorical(y, data.num_classes)
+        y = keras.utils.to_categorical(y, data.num_classes)
     callbacks = [timer]
     if plan.validate_on_reference:  # early stopping's validation is part of its cost
         plan.trainable.fit(data.x[split.members], y, batch_size=64, epochs=epochs, verbose=0,

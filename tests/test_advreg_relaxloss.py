@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,13 +31,13 @@ def _members(data, split):
 def _advreg(data, split, **kwargs):
     inner = build_model("mlp", data.input_shape, 10, seed=0)
     model = AdvRegModel(inner, (data.x[split.reference], data.y[split.reference]), **kwargs)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     return model
 
 
 def _relax(data, **kwargs):
     model = RelaxLossModel(build_model("mlp", data.input_shape, 10, seed=0), **kwargs)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     return model
 
 
@@ -52,7 +53,7 @@ def _true_class(model, x, y):
 def test_attack_model_takes_softmax_and_label_through_separate_branches():
     attack = build_attack_model(7, (32, 16), seed=3)
     assert [t.shape[-1] for t in attack.inputs] == [7, 7] and attack.output_shape == (None, 1)
-    dense = {layer.name: layer.units for layer in attack.layers if isinstance(layer, tf.keras.layers.Dense)}
+    dense = {layer.name: layer.units for layer in attack.layers if isinstance(layer, keras.layers.Dense)}
     assert dense == {"softmax_0": 32, "softmax_1": 16, "label_0": 16, "combine_0": 16, "member_logit": 1}
     again = build_attack_model(7, (32, 16), seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(attack.get_weights(), again.get_weights(), strict=True))
@@ -66,7 +67,7 @@ def test_advreg_fit_evaluate_predict_with_validation_and_callbacks(digits):
     history = model.fit(
         x, y, epochs=2, batch_size=32, verbose=0,
         validation_data=(data.x[split.non_members], data.y[split.non_members]),
-        callbacks=[tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
     )
     assert seen == [0, 1]
     assert set(history.history) == {"loss", "ce_loss", "adv_gain", "attack_accuracy", "accuracy",
@@ -124,7 +125,7 @@ def test_large_adv_weight_lowers_train_confidence_and_the_gap(digits):
 
 
 def test_flattened_targets_keep_the_clamped_true_class_and_level_the_rest():
-    inner = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(4)])
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     model = RelaxLossModel(inner, alpha=0.5, upper=0.6)
     logits = tf.math.log(tf.constant([[0.7, 0.1, 0.15, 0.05],     # correct, p_y = 0.7 > upper
                                       [0.1, 0.5, 0.3, 0.1],       # correct, p_y = 0.5 kept
@@ -162,8 +163,8 @@ def test_relaxloss_holds_the_training_loss_near_alpha(digits):
     data, split = digits
     x, y = _members(data, split)
     plain = build_model("mlp", data.input_shape, 10, seed=0)
-    plain.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     plain.fit(x, y, epochs=20, batch_size=64, verbose=0)
     plain_ce = float(plain.evaluate(x, y, verbose=0))
     relaxed = _relax(data, alpha=0.5)
@@ -184,7 +185,7 @@ def test_relaxloss_descends_above_alpha_and_ascends_below(digits):
     assert trained < untrained and first["ascent_fraction"][0] < 0.5  # CE starts above alpha: descent
     # the same network, now asked for a loss level above its current one: epoch 0 ascends
     above = RelaxLossModel(model.inner, alpha=trained + 1.0)
-    above.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    above.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = above.fit(x, y, epochs=1, batch_size=32, verbose=0).history
     _, raised = _true_class(above, x, y)
     assert history["ascent_fraction"][0] > 0.2 and raised > trained + 0.3
@@ -215,7 +216,7 @@ def test_config_round_trip_and_keras_file(digits, trained, tmp_path):
     assert clone.get_config() == config
     np.testing.assert_allclose(clone.predict(data.x[:8], verbose=0), model.predict(data.x[:8], verbose=0))
     model.save(tmp_path / "wrapped.keras")
-    loaded = tf.keras.models.load_model(tmp_path / "wrapped.keras")
+    loaded = keras.models.load_model(tmp_path / "wrapped.keras")
     assert type(loaded) is type(model)
     assert {k: v for k, v in loaded.get_config().items() if k != "model"} == {
         k: v for k, v in config.items() if k != "model"}
@@ -333,7 +334,7 @@ def test_mirrored_strategy_on_two_logical_cpus():
                               (data.x[split.reference], data.y[split.reference]), attack_steps=2)
             relax = RelaxLossModel(build_model("mlp", data.input_shape, 10, seed=0), alpha=0.5)
         for model in (adv, relax):
-            model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
         before = adv.attack_model.get_weights()[0].copy()
         h = adv.fit(x, y, epochs=3, batch_size=64, verbose=0).history
         assert all(np.isfinite(h["loss"])) and h["accuracy"][-1] > h["accuracy"][0], h

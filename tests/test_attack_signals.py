@@ -3,6 +3,7 @@ logits-vs-probabilities decision for every kind of model, and bad input."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -97,9 +98,9 @@ def test_huge_margins_stay_finite_and_exact():
     assert sp.loss[0] > 20 and sp.logit_confidence[0] < -20
 
 
-def linear_model(activation: str | None) -> tf.keras.Model:
-    tf.keras.utils.set_random_seed(0)
-    return tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, activation=activation)])
+def linear_model(activation: str | None) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation=activation)])
 
 
 def test_auto_detection_on_keras_models():
@@ -151,17 +152,17 @@ def test_trained_model_has_lower_member_loss():
 
     data = load_dataset("digits")
     split = membership_split(data.y, 300, seed=0)
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = build_model("mlp", (8, 8, 1), 10, seed=0)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.x[split.members], data.y[split.members], epochs=3, batch_size=32, verbose=0)
     members = signals_for(model, data.x[split.members], data.y[split.members])
     others = signals_for(model, data.x[split.non_members], data.y[split.non_members])
     assert isinstance(members, Signals) and len(members) == len(split.members)
     assert members.loss.mean() < others.loss.mean()
     # the signal's loss is Keras's own cross-entropy
-    keras_loss = tf.keras.losses.sparse_categorical_crossentropy(
+    keras_loss = keras.losses.sparse_categorical_crossentropy(
         data.y[split.members], model(data.x[split.members]), from_logits=True).numpy()
     np.testing.assert_allclose(members.loss, keras_loss, rtol=1e-4, atol=1e-5)
 

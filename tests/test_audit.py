@@ -21,10 +21,11 @@ TRAIN_SCRIPT = textwrap.dedent("""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np
     import tensorflow as tf
+    import keras
     from sklearn.datasets import load_digits
 
     out = sys.argv[1]
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     digits = load_digits()
     x = (digits.data / 16.0).astype("float32")
     y = digits.target.astype("int64")
@@ -32,11 +33,11 @@ TRAIN_SCRIPT = textwrap.dedent("""
     m, n = order[:300], order[300:600]
 
     def mlp(last):
-        return tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(64, activation="relu"),
-                                    tf.keras.layers.Dense(10, activation=last)])
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+                                    keras.layers.Dense(10, activation=last)])
 
     model = mlp(None)
-    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[m], y[m], epochs=40, batch_size=32, verbose=0)
     model.export(os.path.join(out, "saved"))
     model.save(os.path.join(out, "model.keras"))
@@ -331,9 +332,10 @@ def test_audit_refuses_contradicting_options(trained, tmp_path, extra, message):
 
 
 def test_audit_signature_option_picks_among_several(trained, tmp_path):
+    import keras
     import tensorflow as tf
 
-    model = tf.keras.models.load_model(trained / "model.keras", compile=False)
+    model = keras.models.load_model(trained / "model.keras", compile=False)
     spec = tf.TensorSpec((None, 64), tf.float32, name="x")
     logits = tf.function(lambda x: {"scores": model(x)}, input_signature=[spec])
     probs = tf.function(lambda x: {"scores": tf.nn.softmax(model(x))}, input_signature=[spec])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,14 +28,14 @@ def digits():
     return (x[members], y[members]), (x[others], y[others]), (x[reference], y[reference])
 
 
-def _mlp(softmax: bool = False) -> tf.keras.Model:
-    model = tf.keras.Sequential([
-        tf.keras.Input((64,)),
-        tf.keras.layers.Dense(256, activation="relu"),
-        tf.keras.layers.Dense(10, activation="softmax" if softmax else None),
+def _mlp(softmax: bool = False) -> keras.Model:
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10, activation="softmax" if softmax else None),
     ])
-    model.compile(tf.keras.optimizers.Adam(3e-4),
-                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax))
+    model.compile(keras.optimizers.Adam(3e-4),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax))
     return model
 
 
@@ -46,7 +47,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(digits):
     (mx, my), (ox, oy), _ = digits
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = _mlp()
     monitor = MembershipInferenceCallback((mx, my), (ox, oy))
     history = model.fit(mx, my, epochs=EPOCHS, batch_size=32, verbose=0, callbacks=[monitor])
@@ -94,7 +95,7 @@ def test_loss_auc_matches_sklearn(trained, digits):
 
 def test_every_logs_nan_on_skipped_epochs(digits):
     (mx, my), (ox, oy), _ = digits
-    tf.keras.utils.set_random_seed(1)
+    keras.utils.set_random_seed(1)
     monitor = MembershipInferenceCallback((mx, my), (ox, oy), every=3, attacks=["loss"])
     history = _mlp().fit(mx, my, epochs=7, batch_size=64, verbose=0, callbacks=[monitor])
     gaps = history.history["mi_gap"]
@@ -110,7 +111,7 @@ def test_advantage_budget_stops_training(digits):
     # an untrained model's oracle advantage on 300 vs 300 records is already ~0.06 (noise), so a
     # budget of 0.1 is crossed after a few epochs rather than at the first one
     (mx, my), (ox, oy), _ = digits
-    tf.keras.utils.set_random_seed(2)
+    keras.utils.set_random_seed(2)
     monitor = MembershipInferenceCallback((mx, my), (ox, oy), advantage_budget=0.1)
     history = _mlp().fit(mx, my, epochs=EPOCHS, batch_size=32, verbose=0, callbacks=[monitor])
     assert len(history.epoch) < EPOCHS
@@ -121,7 +122,7 @@ def test_advantage_budget_stops_training(digits):
 
 def test_softmax_outputs(digits):
     (mx, my), (ox, oy), _ = digits
-    tf.keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(3)
     model = _mlp(softmax=True)
     monitor = MembershipInferenceCallback((mx, my), (ox, oy), attacks=["loss", "entropy"])
     history = model.fit(mx, my, epochs=3, batch_size=32, verbose=0, callbacks=[monitor])
@@ -135,7 +136,7 @@ def test_softmax_outputs(digits):
 
 def test_defended_model(digits):
     (mx, my), (ox, oy), (rx, ry) = digits
-    tf.keras.utils.set_random_seed(4)
+    keras.utils.set_random_seed(4)
     inner = _mlp()
     model = MMDMixupModel(inner, (rx, ry), mmd_weight=1.0, mixup_alpha=1.0)
     model.compile(optimizer="adam", metrics=["accuracy"])
@@ -179,7 +180,7 @@ def test_bad_input(members, non_members, kwargs, message):
 def test_tensorboard_after_the_callback_writes_the_keys(digits, tmp_path):
     (mx, my), (ox, oy), _ = digits
     monitor = MembershipInferenceCallback((mx, my), (ox, oy), attacks=["loss"])
-    board = tf.keras.callbacks.TensorBoard(str(tmp_path), write_graph=False, profile_batch=0)
+    board = keras.callbacks.TensorBoard(str(tmp_path), write_graph=False, profile_batch=0)
     _mlp().fit(mx, my, epochs=1, batch_size=64, verbose=0, callbacks=[monitor, board])
     tags = set()
     for path in (tmp_path / "train").glob("events.out.tfevents.*"):

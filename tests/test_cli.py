@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -60,7 +61,7 @@ def test_saved_model_reproduces_the_recorded_accuracies(digits_model):
     train_acc = accuracy(serving, data.x[split.members], data.y[split.members])
     assert test_acc == sidecar["metrics"]["test_accuracy"]
     assert train_acc == sidecar["metrics"]["train_accuracy"]
-    keras_model = tf.keras.models.load_model(out / "model.keras")
+    keras_model = keras.models.load_model(out / "model.keras")
     assert accuracy(keras_model, data.x[split.non_members], data.y[split.non_members]) == test_acc
 
 
@@ -98,7 +99,7 @@ def test_a_failure_while_saving_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken_save(self, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tf.keras.Model, "save", broken_save)
+    monkeypatch.setattr(keras.Model, "save", broken_save)
     result = run(["train", "--dataset", "digits", "--epochs", "1", "--target-size", "100",
                   "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and result.stderr.count("Error:") == 1

@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,7 +27,7 @@ from tfmi.errors import TfmiError
 from tfmi.inference import accuracy
 from tfmi.models import build_model
 
-layers = tf.keras.layers
+layers = keras.layers
 TRAIN_PATHS = ("fast", "dpmodel", "vectorized", "microbatched")
 
 
@@ -36,17 +37,17 @@ def digits():
     return data.x[:300], data.y[:300]
 
 
-def small_net(seed: int = 0, dropout: float = 0.0) -> tf.keras.Model:
+def small_net(seed: int = 0, dropout: float = 0.0) -> keras.Model:
     """A small dense classifier for the 8x8 digits, quick to trace on every path."""
-    tf.keras.utils.set_random_seed(seed)
-    inputs = tf.keras.Input((8, 8, 1))
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
     x = layers.Dense(64, activation="tanh")(layers.Flatten()(inputs))
     if dropout:
         x = layers.Dropout(dropout)(x)
-    return tf.keras.Model(inputs, layers.Dense(10)(x))
+    return keras.Model(inputs, layers.Dense(10)(x))
 
 
-def flat_weights(model: tf.keras.Model) -> np.ndarray:
+def flat_weights(model: keras.Model) -> np.ndarray:
     return np.concatenate([w.ravel() for w in model.get_weights()])
 
 
@@ -94,7 +95,7 @@ def test_config_accepts_a_target_epsilon_instead_of_noise():
     assert config.to_dict()["target_epsilon"] == 2.0
 
 
-class Subclassed(tf.keras.Model):
+class Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
         self.dense = layers.Dense(10)
@@ -104,14 +105,14 @@ class Subclassed(tf.keras.Model):
 
 
 def softmax_net():
-    inputs = tf.keras.Input((8, 8, 1))
-    return tf.keras.Model(inputs, layers.Dense(10, activation="softmax")(layers.Flatten()(inputs)))
+    inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(layers.Flatten()(inputs)))
 
 
 def batchnorm_net():
-    inputs = tf.keras.Input((8, 8, 1))
+    inputs = keras.Input((8, 8, 1))
     x = layers.BatchNormalization()(layers.Conv2D(4, 3)(inputs))
-    return tf.keras.Model(inputs, layers.Dense(10)(layers.Flatten()(x)))
+    return keras.Model(inputs, layers.Dense(10)(layers.Flatten()(x)))
 
 
 @pytest.mark.parametrize(
@@ -144,8 +145,8 @@ def test_auto_path_is_fast_where_the_registry_covers_the_model():
     assert resolve_path(build_model("cnn", (8, 8, 1), 10)) == "fast"  # Conv2D: tfmi's registry entry
     assert resolve_path(build_model("alexnet", (32, 32, 3), 10)) == "fast"
     assert resolve_path(small_net(dropout=0.5)) == "dpmodel"
-    inputs = tf.keras.Input((5, 3))
-    recurrent = tf.keras.Model(inputs, layers.Dense(2)(layers.SimpleRNN(4)(inputs)))
+    inputs = keras.Input((5, 3))
+    recurrent = keras.Model(inputs, layers.Dense(2)(layers.SimpleRNN(4)(inputs)))
     assert resolve_path(recurrent) == "dpmodel"
     assert resolve_path(recurrent, "vectorized") == "vectorized"
     with pytest.raises(TfmiError, match="SimpleRNN"):
@@ -252,8 +253,8 @@ def test_clipping_bounds_every_step():
     moved = np.linalg.norm(flat_weights(net) - start)
     assert 0 < moved <= steps * lr * clip / (1 - 0.9) * 1.0001
     plain = small_net(seed=2)
-    plain.compile(tf.keras.optimizers.SGD(lr, momentum=0.9),
-                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.compile(keras.optimizers.SGD(lr, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     plain.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert np.linalg.norm(flat_weights(plain) - start) > 50 * moved
 
@@ -270,13 +271,13 @@ def test_huge_noise_keeps_accuracy_near_chance(digits):
 def test_conv2d_fast_clipping_norms_match_per_example_gradients(digits):
     from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads
 
-    tf.keras.utils.set_random_seed(3)
-    inputs = tf.keras.Input((8, 8, 1))
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 1))
     h = layers.Conv2D(6, 3, padding="same", activation="relu")(inputs)
     h = layers.Conv2D(5, (3, 2), strides=(2, 1), padding="valid", use_bias=False)(h)
-    model = tf.keras.Model(inputs, layers.Dense(10)(layers.Flatten()(h)))
-    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-    model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Model(inputs, layers.Dense(10)(layers.Flatten()(h)))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = digits[0][:8], digits[1][:8]
     for microbatches in (None, 4):
         fast = clip_grads.compute_gradient_norms(

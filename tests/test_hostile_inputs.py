@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -71,9 +72,9 @@ def _marker_lambda(marker: Path) -> Callable:
     return eval(f"lambda t: (open({str(marker)!r}, 'w').write('pwned'), t)[1]")  # noqa: S307
 
 
-def _lambda_model(marker: Path) -> tf.keras.Model:
-    return tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Lambda(_marker_lambda(marker)),
-                                tf.keras.layers.Dense(10)])
+def _lambda_model(marker: Path) -> keras.Model:
+    return keras.Sequential([keras.Input((64,)), keras.layers.Lambda(_marker_lambda(marker)),
+                                keras.layers.Dense(10)])
 
 
 class _ServesWithSideEffect(tf.Module):
@@ -103,7 +104,7 @@ def hostile(tmp_path_factory):
     files["keras_renamed_h5"] = folder / "really_zip.h5"
     files["keras_renamed_h5"].write_bytes(files["keras"].read_bytes())
     # a .keras whose config imports a function from another module (Keras would import it)
-    benign = tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(10)])
+    benign = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
     benign.save(folder / "benign.keras")
     files["foreign_module"] = folder / "foreign_module.keras"
     with zipfile.ZipFile(folder / "benign.keras") as source, \
@@ -186,8 +187,8 @@ def test_format_is_read_from_content_not_name(hostile, tmp_path):
 
 
 def test_unsafe_load_is_explicit_and_recorded(tmp_path):
-    model = tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Lambda(lambda t: 2 * t),
-                                 tf.keras.layers.Dense(10)])
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Lambda(lambda t: 2 * t),
+                                 keras.layers.Dense(10)])
     path = tmp_path / "trusted_lambda.h5"
     model.save(path)
     rng = np.random.default_rng(0)
@@ -208,7 +209,7 @@ def test_unsafe_load_is_explicit_and_recorded(tmp_path):
 
 def test_ordinary_saved_models_pass_the_op_check(tmp_path):
     """Keras export, tf.saved_model.save of a Keras model, and a lookup table (its init op) all load."""
-    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.export(str(tmp_path / "export"))
     tf.saved_model.save(model, str(tmp_path / "tfsave"))
 
@@ -418,11 +419,11 @@ def test_audit_of_a_tfmi_directory_with_a_damaged_split(trained_dir, tmp_path):
 @pytest.fixture(scope="module")
 def logits_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("logits")
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([tf.keras.Input((8,)), tf.keras.layers.Dense(3)])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
     model.save(folder / "m.keras")
     for activation in ("sigmoid",):
-        twin = tf.keras.Sequential([tf.keras.Input((8,)), tf.keras.layers.Dense(3, activation=activation)])
+        twin = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation=activation)])
         twin.set_weights(model.get_weights())
         twin.export(str(folder / activation))
     return folder

@@ -178,7 +178,7 @@ def test_offline_decision_rule_with_two_queries_is_a_nonnegative_mean_z():
 @pytest.fixture(scope="module")
 def digits_setup():
     """An over-confident digits MLP as a logits model and two softmax twins with the same weights."""
-    import tensorflow as tf
+    import keras
 
     from tfmi.attacks.shadow import ShadowSet, train_shadows
     from tfmi.attacks.suite import shadow_pool
@@ -196,22 +196,22 @@ def digits_setup():
         saturate (phi ~ 25); the MLP alone reaches about 8."""
         weights = model.get_weights()
         weights[-2:] = [w * 10.0 for w in weights[-2:]]
-        scaled = tf.keras.models.clone_model(model)
+        scaled = keras.models.clone_model(model)
         scaled.set_weights(weights)
         return scaled, weights
     shadows = ShadowSet(pool=trained.pool, masks=trained.masks, config=config, batched=False,
                         train_accuracy=trained.train_accuracy, test_accuracy=trained.test_accuracy,
                         _models=[over_confident(trained.shadow_model(k))[0] for k in range(4)])
     logits_twin, weights = over_confident(target.model)
-    inputs = tf.keras.Input(data.input_shape)
-    softmax_layer_twin = tf.keras.Model(inputs, tf.keras.layers.Softmax()(logits_twin(inputs)))
+    inputs = keras.Input(data.input_shape)
+    softmax_layer_twin = keras.Model(inputs, keras.layers.Softmax()(logits_twin(inputs)))
 
     def to_softmax(layer):
         config = layer.get_config()
         if layer.name == target.model.layers[-1].name:
             config["activation"] = "softmax"
         return layer.__class__.from_config(config)
-    dense_softmax_twin = tf.keras.models.clone_model(target.model, clone_function=to_softmax)
+    dense_softmax_twin = keras.models.clone_model(target.model, clone_function=to_softmax)
     dense_softmax_twin.set_weights(weights)
     return data, split, shadows, logits_twin, softmax_layer_twin, dense_softmax_twin
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -100,7 +101,7 @@ def _wrapper(data, split, **kwargs):
     inner = build_model("mlp", data.input_shape, 10, seed=0)
     reference = (data.x[split.reference], data.y[split.reference])
     model = MMDMixupModel(inner, reference, **kwargs)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     return model
 
 
@@ -129,7 +130,7 @@ def test_mmd_step_reduces_the_discrepancy():
     ref_x, ref_y = rng.random((200, 20), np.float32), np.arange(200) % 4
     model = MMDMixupModel(build_model("mlp", (20,), 4, seed=0), (ref_x, ref_y), mmd_weight=10.0,
                           mixup_alpha=None, gap_threshold=0.99)  # the gate never opens during fit
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.fit(x, y, epochs=40, batch_size=32, verbose=0)
     assert model.accuracy_on(x, y) > 0.9
 
@@ -211,7 +212,7 @@ def test_paper_schedule_pass_changes_the_model(digits):
     runs = {}
     for threshold in (0.0, 0.99):  # same seed: only the MMD pass differs
         model = _wrapper(data, split, schedule="paper", mmd_weight=50.0, gap_threshold=threshold)
-        tf.keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(0)
         model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
         runs[threshold] = model.inner.get_weights()[0]
     assert not np.allclose(runs[0.0], runs[0.99])
@@ -226,7 +227,7 @@ def test_fit_evaluate_predict_callbacks_and_class_weight(digits):
         x, y, epochs=2, batch_size=32, verbose=0,
         validation_data=(data.x[split.non_members], data.y[split.non_members]),
         class_weight={c: 1.0 + c / 10 for c in range(10)},
-        callbacks=[tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
     )
     assert seen == [0, 1]
     expected = {"loss", "ce_loss", "mmd", "accuracy", "val_loss", "val_accuracy", "mmd_gap"}
@@ -240,8 +241,8 @@ def test_fit_evaluate_predict_callbacks_and_class_weight(digits):
 
 def test_probability_outputs_are_accepted(digits):
     data, split = digits
-    inner = tf.keras.Sequential([tf.keras.Input(data.input_shape), tf.keras.layers.Flatten(),
-                                 tf.keras.layers.Dense(10, activation="softmax")])
+    inner = keras.Sequential([keras.Input(data.input_shape), keras.layers.Flatten(),
+                                 keras.layers.Dense(10, activation="softmax")])
     model = MMDMixupModel(inner, (data.x[split.reference], data.y[split.reference]), mmd_weight=1.0)
     assert model.output_kind == "probabilities"
     model.compile(optimizer="adam", metrics=["accuracy"])
@@ -259,7 +260,7 @@ def test_config_round_trip_and_keras_file(digits, tmp_path):
     np.testing.assert_array_equal(clone.reference_y.numpy(), model.reference_y.numpy())
     np.testing.assert_allclose(clone.predict(data.x[:8], verbose=0), model.predict(data.x[:8], verbose=0))
     model.save(tmp_path / "wrapped.keras")
-    loaded = tf.keras.models.load_model(tmp_path / "wrapped.keras")
+    loaded = keras.models.load_model(tmp_path / "wrapped.keras")
     assert isinstance(loaded, MMDMixupModel) and loaded.mmd_weight == 2.5
     np.testing.assert_allclose(loaded.predict(data.x[:8], verbose=0), model.predict(data.x[:8], verbose=0))
     np.testing.assert_array_equal(loaded.reference_x.numpy(), model.reference_x.numpy())
@@ -314,15 +315,15 @@ def test_bad_configurations_fail_at_construction(digits, change, message):
         ref_x[2, 0, 0, 0] = np.nan
     model_kind = change.pop("model", None)
     if model_kind == "sigmoid":
-        inner = tf.keras.Sequential([tf.keras.Input(data.input_shape), tf.keras.layers.Flatten(),
-                                     tf.keras.layers.Dense(10, activation="sigmoid")])
+        inner = keras.Sequential([keras.Input(data.input_shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(10, activation="sigmoid")])
     elif model_kind == "one_unit":
         inner = build_model("mlp", data.input_shape, 10)
-        inner = tf.keras.Model(inner.inputs, tf.keras.layers.Dense(1)(inner.outputs[0]))
+        inner = keras.Model(inner.inputs, keras.layers.Dense(1)(inner.outputs[0]))
     elif model_kind == "rank3":
-        flat = tf.keras.layers.Flatten()(inner.inputs[0])
-        reshaped = tf.keras.layers.Reshape((10, 2))(tf.keras.layers.Dense(20)(flat))
-        inner = tf.keras.Model(inner.inputs, reshaped)
+        flat = keras.layers.Flatten()(inner.inputs[0])
+        reshaped = keras.layers.Reshape((10, 2))(keras.layers.Dense(20)(flat))
+        inner = keras.Model(inner.inputs, reshaped)
     with pytest.raises(TfmiError, match=message):
         MMDMixupModel(inner, (ref_x, ref_y), **change)
 
@@ -355,7 +356,7 @@ def test_mirrored_strategy_on_two_logical_cpus():
                 model = MMDMixupModel(build_model("mlp", data.input_shape, 10, seed=0),
                                       (data.x[split.reference], data.y[split.reference]),
                                       mmd_weight=2.0, schedule=schedule, gap_threshold=0.0)
-                model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+                model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
             h = model.fit(data.x[split.members], data.y[split.members], epochs=3, batch_size=64, verbose=0)
             assert all(np.isfinite(h.history["loss"])), h.history
             assert h.history["mmd_active"][1] == 1.0, h.history
@@ -381,9 +382,9 @@ def _clusters(per_class=16, classes=4, dim=6, seed=0):
 
 
 def _tiny(dim=6, classes=4, hidden=8):
-    tf.keras.utils.set_random_seed(0)
-    layers = [tf.keras.layers.Dense(hidden, activation="tanh")] if hidden else []
-    return tf.keras.Sequential([tf.keras.Input((dim,)), *layers, tf.keras.layers.Dense(classes)])
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(hidden, activation="tanh")] if hidden else []
+    return keras.Sequential([keras.Input((dim,)), *layers, keras.layers.Dense(classes)])
 
 
 def _softmax(logits):
@@ -395,7 +396,7 @@ def test_paper_schedule_logs_the_mmd_of_its_pass_and_whether_it_ran(digits):
     data, split = digits
     x, y = data.x[split.members], data.y[split.members]
     model = _wrapper(data, split, schedule="paper", mmd_weight=5.0, mixup_alpha=None, gap_threshold=0.0)
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     history = model.fit(x, y, epochs=6, batch_size=32, verbose=0).history
     gate = [float(g >= 0.0 and e < 5) for e, g in enumerate(history["mmd_gap"])]
     assert history["mmd_pass"] == gate and history["mmd_active"] == gate
@@ -410,10 +411,10 @@ def test_paper_schedule_mmd_is_the_mean_over_the_pass_recomputed_independently()
     # zero learning rate the pass leaves the weights as they were when the epoch ended
     x, y, reference = _clusters()
     model = MMDMixupModel(_tiny(), reference, mmd_weight=3.0, mixup_alpha=None, gap_threshold=0.0,
-                          mmd_optimizer=tf.keras.optimizers.SGD(0.0))
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+                          mmd_optimizer=keras.optimizers.SGD(0.0))
+    model.compile(optimizer=keras.optimizers.Adam(0.05))
     weights = []
-    capture = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: weights.append(
+    capture = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: weights.append(
         [w.copy() for w in model.inner.get_weights()]))
     history = model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[capture]).history
     assert history["mmd_pass"] == [1.0, 1.0, 0.0]
@@ -443,9 +444,9 @@ def _numeric_gradient(loss, weights, step=1e-5):
 def test_separate_mmd_optimizer_steps_by_minus_lr_times_the_gradient():
     x, y, reference = _clusters(per_class=3, classes=2, dim=2, seed=1)
     inner = _tiny(dim=2, classes=2, hidden=0)  # logits = x W + b
-    sgd = tf.keras.optimizers.SGD(0.5, momentum=0.9)
+    sgd = keras.optimizers.SGD(0.5, momentum=0.9)
     model = MMDMixupModel(inner, reference, mmd_weight=4.0, mixup_alpha=None, mmd_optimizer=sgd)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
     before = [w.astype(np.float64) for w in inner.get_weights()]
     ref_p = _softmax(reference[0].astype(np.float64) @ before[0] + before[1])[y]  # constants, class-matched
 
@@ -466,10 +467,10 @@ def test_separate_mmd_optimizer_steps_by_minus_lr_times_the_gradient():
 @pytest.mark.parametrize("separate", [True, False])
 def test_mmd_steps_advance_only_their_own_optimizer_during_fit(separate):
     x, y, reference = _clusters()
-    sgd = tf.keras.optimizers.SGD(0.01, momentum=0.9) if separate else None
+    sgd = keras.optimizers.SGD(0.01, momentum=0.9) if separate else None
     model = MMDMixupModel(_tiny(), reference, mmd_weight=1.0, mixup_alpha=None, gap_threshold=0.0,
                           mmd_optimizer=sgd)
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    model.compile(optimizer=keras.optimizers.Adam(0.05))
     history = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history
     mmd_steps = 4 * int(sum(history["mmd_pass"]))
     assert mmd_steps == 8
@@ -483,7 +484,7 @@ def test_mmd_steps_advance_only_their_own_optimizer_during_fit(separate):
 def test_separate_mmd_optimizer_draws_fresh_reference_samples_per_step():
     x, y, _ = _clusters()
     reference = (np.random.default_rng(0).random((40, 6), np.float32), np.arange(40) % 4)
-    model = MMDMixupModel(_tiny(), reference, mmd_weight=1.0, mmd_optimizer=tf.keras.optimizers.SGD(0.0))
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=1.0, mmd_optimizer=keras.optimizers.SGD(0.0))
     model.compile(optimizer="adam")
     seeds = []
     for _ in range(2):
@@ -496,7 +497,7 @@ def test_separate_mmd_optimizer_draws_fresh_reference_samples_per_step():
 def test_per_batch_reference_outputs_use_the_weights_after_the_previous_step(refresh):
     x, y, reference = _clusters(seed=2)
     model = MMDMixupModel(_tiny(), reference, mmd_weight=50.0, mixup_alpha=None, reference_refresh=refresh,
-                          mmd_optimizer=tf.keras.optimizers.SGD(1.0))
+                          mmd_optimizer=keras.optimizers.SGD(1.0))
     model.compile(optimizer="adam")
     before = model.inner.get_weights()
     pass_reference = model.reference_probabilities()  # what a per-pass MMD step compares with
@@ -519,18 +520,18 @@ def test_per_batch_reference_outputs_use_the_weights_after_the_previous_step(ref
 
 def test_mmd_optimizer_and_target_gap_survive_the_config_and_a_keras_file(tmp_path):
     x, y, reference = _clusters()
-    model = MMDMixupModel(_tiny(), reference, mmd_weight=2.0, mmd_optimizer=tf.keras.optimizers.SGD(0.3),
+    model = MMDMixupModel(_tiny(), reference, mmd_weight=2.0, mmd_optimizer=keras.optimizers.SGD(0.3),
                           reference_refresh="per_batch", target_gap=0.1)
     model.compile(optimizer="adam")
     model.fit(x, y, epochs=2, batch_size=16, verbose=0)
     config = model.get_config()
     clone = MMDMixupModel.from_config(config)
     assert clone.get_config() == config
-    assert isinstance(clone.mmd_optimizer, tf.keras.optimizers.SGD)
+    assert isinstance(clone.mmd_optimizer, keras.optimizers.SGD)
     assert clone.mmd_optimizer is not model.mmd_optimizer
     assert clone.reference_refresh == "per_batch" and clone.target_gap == 0.1
     model.save(tmp_path / "m.keras")
-    loaded = tf.keras.models.load_model(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.current_mmd_weight == pytest.approx(model.current_mmd_weight)
     assert float(loaded.mmd_optimizer.learning_rate.numpy()) == pytest.approx(0.3)
 

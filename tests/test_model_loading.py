@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,16 +25,16 @@ PLAIN_KERAS_SCRIPT = textwrap.dedent(
     import tensorflow as tf
 
     out = sys.argv[1]
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 5)).astype("float32")
     y = rng.integers(0, 4, size=32)
     for activation in ("linear", "softmax"):
-        model = tf.keras.Sequential(
-            [tf.keras.Input((5,)), tf.keras.layers.Dense(8, activation="relu"),
-             tf.keras.layers.Dense(4, activation=activation)]
+        model = keras.Sequential(
+            [keras.Input((5,)), keras.layers.Dense(8, activation="relu"),
+             keras.layers.Dense(4, activation=activation)]
         )
-        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=activation == "linear")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=activation == "linear")
         model.compile("adam", loss)
         model.fit(x, y, epochs=1, verbose=0)
         model.export(f"{out}/export_{activation}")
@@ -61,9 +62,9 @@ def plain_keras_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _tiny_model(activation: str = "softmax") -> tf.keras.Model:
-    tf.keras.utils.set_random_seed(1)
-    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(4, activation=activation)])
+def _tiny_model(activation: str = "softmax") -> keras.Model:
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation=activation)])
 
 
 class _TwoSignatures(tf.Module):
@@ -125,7 +126,7 @@ def test_keras_files_round_trip(tmp_path, suffix, fmt, activation):
     assert (loaded.format, loaded.input_shape, loaded.num_outputs) == (fmt, (3,), 4)
     assert loaded.output_activation == activation
     assert loaded.signature is None
-    assert isinstance(loaded.keras_model, tf.keras.Model)
+    assert isinstance(loaded.keras_model, keras.Model)
     np.testing.assert_allclose(loaded.predict(x), model.predict(x, verbose=0), atol=1e-6)
 
 
@@ -214,8 +215,8 @@ def test_unsupported_suffix(tmp_path):
 
 
 def test_lambda_layer_refused_before_deserializing(tmp_path):
-    model = tf.keras.Sequential(
-        [tf.keras.Input((3,)), tf.keras.layers.Lambda(lambda t: 2 * t), tf.keras.layers.Dense(4)]
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Lambda(lambda t: 2 * t), keras.layers.Dense(4)]
     )
     path = tmp_path / "lambda.keras"
     model.save(path)
@@ -242,8 +243,8 @@ def test_check_output_width():
 
 
 def test_output_not_two_dimensional_is_refused(tmp_path):
-    model = tf.keras.Sequential(
-        [tf.keras.Input((3,)), tf.keras.layers.Dense(4), tf.keras.layers.Reshape((2, 2))]
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), keras.layers.Reshape((2, 2))]
     )
     path = tmp_path / "model.keras"
     model.save(path)

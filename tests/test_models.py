@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,7 +23,7 @@ def test_models_map_a_batch_to_logits(name, input_shape, classes):
 
 def test_mlp_is_the_nasr_architecture():
     model = build_model("mlp", (446,), 30)
-    dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [layer.units for layer in dense] == [1024, 512, 256, 128, 30]
     assert [layer.get_config()["activation"] for layer in dense[:-1]] == ["tanh"] * 4
 
@@ -30,8 +31,8 @@ def test_mlp_is_the_nasr_architecture():
 def test_resnet20_has_twenty_weight_layers():
     model = build_model("resnet20", (32, 32, 3), 10)
     convs = [layer for layer in model.layers
-             if isinstance(layer, tf.keras.layers.Conv2D) and layer.kernel_size != (1, 1)]
-    dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
+             if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size != (1, 1)]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert len(convs) + len(dense) == 20
 
 
@@ -47,7 +48,7 @@ def test_dropout_layers_only_when_asked():
     plain = build_model("mlp", (10,), 3)
     regularized = build_model("mlp", (10,), 3, dropout=0.5)
     def count(model):
-        return sum(isinstance(layer, tf.keras.layers.Dropout) for layer in model.layers)
+        return sum(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
 
     assert count(plain) == 0 and count(regularized) == 4
 

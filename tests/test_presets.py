@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -67,14 +67,14 @@ def test_learning_rate_drops_tenfold_at_each_milestone_and_weight_decay_reaches_
                          weight_decay=1e-3, lr_milestones=(1, 3))
     seen = []
 
-    class Record(tf.keras.callbacks.Callback):
+    class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             seen.append(float(self.model.optimizer.learning_rate.numpy()))
 
     train_target(data, split, config, verbose=0, callbacks=[Record()])
     assert seen == pytest.approx([0.1, 0.01, 0.01, 0.001])
     optimizer = make_optimizer(config)
-    assert isinstance(optimizer, tf.keras.optimizers.SGD)
+    assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == 0.5 and optimizer.weight_decay == pytest.approx(1e-3)
 
 

@@ -3,6 +3,7 @@ sequential fallback, on the embedded digits data."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -87,7 +88,7 @@ def test_batched_shadows_memorize_their_own_half(digits, pool, batched_mlp):
 def test_shadow_model_matches_stacked_logits(digits, batched_mlp):
     x = digits.x[:9]
     model = batched_mlp.shadow_model(2)
-    assert isinstance(model, tf.keras.Model)
+    assert isinstance(model, keras.Model)
     np.testing.assert_allclose(model(x, training=False).numpy(), batched_mlp.logits(x)[2], atol=1e-4)
 
 
@@ -133,7 +134,7 @@ def test_stacked_gradients_equal_each_shadow_alone(digits):
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(np.tile(y, (3, 1)), logits)
         loss = tf.reduce_sum(tf.reduce_sum(ce * w, axis=1) / w.sum(axis=1))
     joint = tape.gradient(loss, net.variables)
-    ce_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    ce_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     for k, model in enumerate(models):
         inside = w[k] > 0
         with tf.GradientTape() as tape:

@@ -3,9 +3,9 @@
 import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tfmi.data import load_dataset, make_dataset, membership_split
 from tfmi.defenses.config import DefenseConfig
@@ -35,7 +35,7 @@ def pi_trajectory(gaps, target, start):
 def _schedule(target_gap=0.2, mmd_weight=6.5):
     rng = np.random.default_rng(0)
     x, y = rng.random((32, 4), np.float32), np.arange(32) % 2
-    inner = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model = MMDMixupModel(inner, (x[:8], y[:8]), mmd_weight=mmd_weight, target_gap=target_gap)
     schedule = MMDSchedule(model, x, y, batch_size=16, epochs=40)
     schedule.on_train_begin()
@@ -147,7 +147,7 @@ def test_target_gap_options_in_the_defense_config(digits):
     plan = plan_training(data, split, config, defense)
     model = plan.trainable
     assert model.target_gap == 0.1 and model.reference_refresh == "per_batch"
-    assert isinstance(model.mmd_optimizer, tf.keras.optimizers.SGD)
+    assert isinstance(model.mmd_optimizer, keras.optimizers.SGD)
     assert model.mmd_optimizer is not model.optimizer
     assert float(model.mmd_optimizer.learning_rate.numpy()) == pytest.approx(0.01)  # the training rate
     assert model.mmd_optimizer.momentum == 0.9

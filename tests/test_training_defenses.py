@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
@@ -34,7 +35,7 @@ def test_every_defense_trains_and_returns_the_plain_network(digits, name):
     assert trained.train_accuracy > 0.3, trained  # well above chance (0.1) after 3 epochs
     inner = trained.model
     assert inner.name == "mlp" and inner.output_shape == (None, 10)
-    assert not any(isinstance(layer, tf.keras.Model) for layer in inner.layers)  # no wrapper inside
+    assert not any(isinstance(layer, keras.Model) for layer in inner.layers)  # no wrapper inside
     assert json.dumps(trained.defense)  # the record is JSON-serializable for the sidecar
 
 
@@ -42,7 +43,7 @@ def test_regularizing_defenses_change_the_network(digits):
     data, split = digits
     config = TrainConfig("mlp", epochs=1, seed=0)
     dropout = plan_training(data, split, config, DefenseConfig("dropout", dropout=0.3)).inner
-    assert sum(isinstance(layer, tf.keras.layers.Dropout) for layer in dropout.layers) == 4
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in dropout.layers) == 4
     assert plan_training(data, split, config, DefenseConfig("l2", l2=1e-2)).inner.losses
     smoothing = plan_training(data, split, config, DefenseConfig("label-smoothing", label_smoothing=0.2))
     assert smoothing.one_hot_labels and smoothing.trainable.loss.get_config()["label_smoothing"] == 0.2
@@ -86,7 +87,7 @@ def test_bad_defense_configurations(kwargs, message):
 def test_defense_fails_before_training(digits, monkeypatch):
     data, split = digits
     calls = []
-    monkeypatch.setattr(tf.keras.Model, "fit", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(keras.Model, "fit", lambda *a, **k: calls.append(1))
     with pytest.raises(TfmiError, match="mmd_weight must be a number >= 0"):
         train_target(data, split, TrainConfig("mlp"), DefenseConfig("mmd", mmd_weight=-2.0))
     assert calls == []

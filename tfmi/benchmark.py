@@ -347,7 +347,7 @@ def run_cell(
     data: Dataset, cell: Cell, *, shadow_progress: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
     """Train the cell's target and shadows, attack, and return the JSON-ready record."""
-    import tensorflow as tf
+    import keras
 
     from tfmi.attacks.shadow import train_shadows
     from tfmi.attacks.suite import run_attacks, shadow_pool
@@ -356,7 +356,7 @@ def run_cell(
 
     spec = cell.spec
     start = time.perf_counter()
-    tf.keras.backend.clear_session()
+    keras.backend.clear_session()
     split = membership_split(data.y, spec.target_size, spec.reference_size, seed=cell.seed)
     config = dataclasses.replace(spec.train, seed=cell.seed)
     target = train_target(data, split, config, cell.defense, verbose=0)

@@ -22,8 +22,8 @@ list; callbacks listed earlier do not see them (nor does a ``History`` you pass 
 >>> from sklearn.datasets import load_digits
 >>> x, y = load_digits(return_X_y=True)
 >>> x = (x / 16.0).astype("float32")
->>> model = tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(10)])
->>> model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+>>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+>>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 >>> monitor = MembershipInferenceCallback((x[:200], y[:200]), (x[200:400], y[200:400]))
 >>> history = model.fit(x[:200], y[:200], epochs=2, verbose=0, callbacks=[monitor])
 >>> len(history.history["mi_loss_auc"]), 0.0 <= history.history["mi_best_advantage"][-1] <= 1.0
@@ -36,8 +36,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from tfmi.attacks.signals import Signals, compute_signals, model_outputs
 from tfmi.attacks.threshold import THRESHOLD_ATTACKS, ThresholdAttack
@@ -87,7 +87,7 @@ def _subsample(
     return x[keep], y[keep]
 
 
-class MembershipInferenceCallback(tf.keras.callbacks.Callback):
+class MembershipInferenceCallback(keras.callbacks.Callback):
     """Log the train/test gap and oracle threshold attacks' AUC and advantage during ``fit``.
 
     Args:

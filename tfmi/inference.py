@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import keras
     import tensorflow as tf
 
 PREDICT_BATCH_SIZE = 1024
@@ -27,12 +28,13 @@ def predict_in_batches(model, x: np.ndarray | tf.Tensor, batch_size: int = PREDI
     >>> predict_in_batches(lambda b: b * 2, np.arange(5.0)[:, None], batch_size=2).ravel().tolist()
     [0.0, 2.0, 4.0, 6.0, 8.0]
     """
+    import keras
     import tensorflow as tf
 
     chunks = []
     for start in range(0, int(x.shape[0]), batch_size):
         batch = tf.convert_to_tensor(x[start:start + batch_size])
-        out = model(batch, training=False) if isinstance(model, tf.keras.Model) else model(batch)
+        out = model(batch, training=False) if isinstance(model, keras.Model) else model(batch)
         if isinstance(out, dict):  # SavedModel signatures return {name: tensor}
             out = next(iter(out.values()))
         chunks.append(np.asarray(out))
@@ -48,7 +50,7 @@ def accuracy(model, x: np.ndarray | tf.Tensor, y: np.ndarray, batch_size: int = 
     return float(np.mean(np.argmax(outputs, axis=1) == y))
 
 
-def export_saved_model(model: tf.keras.Model, path: str | os.PathLike) -> None:
+def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
     """Export a Keras model as an inference SavedModel (signature ``serving_default``), silently."""
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint listing
         model.export(str(path))

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -345,7 +346,7 @@ def _read_keras_model(path: Path, fmt: str, unsafe_load: bool):
                 problems = model_safety.problems_in_keras_config(model_safety.hdf5_model_config(handle, path))
                 if problems:
                     raise model_safety.refusal(path, problems)
-            return tf.keras.models.load_model(handle, compile=False)
+            return keras.models.load_model(handle, compile=False)
     with tempfile.TemporaryDirectory(prefix="tfmi-model-") as private:
         copy = Path(private) / "model.keras"
         try:
@@ -356,7 +357,7 @@ def _read_keras_model(path: Path, fmt: str, unsafe_load: bool):
             problems = model_safety.problems_in_keras_config(model_safety.keras_zip_config(copy))
             if problems:
                 raise model_safety.refusal(path, problems)
-        return tf.keras.models.load_model(str(copy), compile=False, safe_mode=not unsafe_load)
+        return keras.models.load_model(str(copy), compile=False, safe_mode=not unsafe_load)
 
 
 def _load_keras(path: Path, fmt: str, unsafe_load: bool = False) -> LoadedModel:
@@ -429,7 +430,7 @@ def load_model(
     ``unsafe_load=True`` skips those checks and must only be used on files you trust.
 
     >>> import tempfile
-    >>> model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, activation="softmax")])
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
     >>> model.save(path)
     >>> loaded = load_model(path)

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import tensorflow as tf
+import keras
 
 from tfmi.errors import TfmiError
 
-layers = tf.keras.layers
+layers = keras.layers
 
 
-def _inputs(input_shape: Sequence[int]) -> tf.keras.Input:
-    return tf.keras.Input(shape=tuple(int(d) for d in input_shape), name="features")
+def _inputs(input_shape: Sequence[int]) -> keras.Input:
+    return keras.Input(shape=tuple(int(d) for d in input_shape), name="features")
 
 
 def _logits(x, num_classes: int, reg):
@@ -54,7 +54,7 @@ def tabular_mlp(input_shape, num_classes, dropout=0.0, reg=None, units=(1024, 51
     x = layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
     for width in units:
         x = _dropout(layers.Dense(width, activation="tanh", kernel_regularizer=reg)(x), dropout)
-    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="mlp")
+    return keras.Model(inputs, _logits(x, num_classes, reg), name="mlp")
 
 
 def small_cnn(input_shape, num_classes, dropout=0.0, reg=None):
@@ -69,7 +69,7 @@ def small_cnn(input_shape, num_classes, dropout=0.0, reg=None):
             side //= 2
     x = layers.Flatten()(x)
     x = _dropout(layers.Dense(128, activation="relu", kernel_regularizer=reg)(x), dropout)
-    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="cnn")
+    return keras.Model(inputs, _logits(x, num_classes, reg), name="cnn")
 
 
 def alexnet(input_shape, num_classes, dropout=0.0, reg=None):
@@ -88,7 +88,7 @@ def alexnet(input_shape, num_classes, dropout=0.0, reg=None):
     x = conv(256, 3)(conv(256, 3)(conv(384, 3)(x)))
     x = layers.MaxPooling2D(2, padding="same")(x)
     x = _dropout(layers.Flatten()(x), dropout)
-    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="alexnet")
+    return keras.Model(inputs, _logits(x, num_classes, reg), name="alexnet")
 
 
 def _resnet_conv(filters: int, size: int, reg, stride: int = 1):
@@ -114,15 +114,15 @@ def resnet20(input_shape, num_classes, dropout=0.0, reg=None):
         for block in range(3):
             x = _residual_block(x, filters, 2 if stage > 0 and block == 0 else 1, reg)
     x = _dropout(layers.GlobalAveragePooling2D()(x), dropout)
-    return tf.keras.Model(inputs, _logits(x, num_classes, reg), name="resnet20")
+    return keras.Model(inputs, _logits(x, num_classes, reg), name="resnet20")
 
 
-def authors_location_mlp(input_shape, num_classes, dropout=0.0, reg=None) -> tf.keras.Model:
+def authors_location_mlp(input_shape, num_classes, dropout=0.0, reg=None) -> keras.Model:
     """Li et al.'s tanh 1024-512-256 network for Location (MIST ``model/target_model.py``)."""
     return tabular_mlp(input_shape, num_classes, dropout, reg, units=(1024, 512, 256))
 
 
-MODEL_BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
+MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "mlp": tabular_mlp,
     "mlp3": authors_location_mlp,
     "cnn": small_cnn,
@@ -151,7 +151,7 @@ def build_model(
     dropout: float = 0.0,
     l2: float = 0.0,
     seed: int | None = None,
-) -> tf.keras.Model:
+) -> keras.Model:
     """Build zoo model ``name`` for inputs of ``input_shape`` (no batch axis); outputs logits.
 
     ``dropout`` adds dropout after hidden dense layers (before the logits of conv nets); ``l2``
@@ -169,6 +169,6 @@ def build_model(
     if not l2 >= 0.0:
         raise TfmiError(f"l2 weight decay must be >= 0, got {l2}")
     if seed is not None:
-        tf.keras.utils.set_random_seed(seed)
-    reg = tf.keras.regularizers.L2(l2) if l2 > 0 else None
+        keras.utils.set_random_seed(seed)
+    reg = keras.regularizers.L2(l2) if l2 > 0 else None
     return builder(tuple(input_shape), int(num_classes), dropout=dropout, reg=reg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -11,10 +12,10 @@ OUTPUT_KINDS = ("logits", "probabilities")
 _PROBABILITY_TOLERANCE = 1e-3
 
 
-def last_activation(model: tf.keras.Model) -> str | None:
+def last_activation(model: keras.Model) -> str | None:
     """Name of the activation applied by the model's last layer, if it declares one."""
     layer = model.layers[-1] if getattr(model, "layers", None) else None
-    if isinstance(layer, tf.keras.layers.Softmax):
+    if isinstance(layer, keras.layers.Softmax):
         return "softmax"
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", None) if activation is not None else None
@@ -30,14 +31,14 @@ def looks_like_probabilities(outputs: np.ndarray) -> bool:
 
 
 def resolve_output_kind(
-    model: tf.keras.Model, sample_x: np.ndarray, num_classes: int, declared: str = "auto"
+    model: keras.Model, sample_x: np.ndarray, num_classes: int, declared: str = "auto"
 ) -> str:
     """Check ``model`` maps a batch to one score per class and say whether they are logits.
 
     ``declared`` is ``"auto"``, ``"logits"`` or ``"probabilities"``; ``"auto"`` reads the last
     layer's activation (linear: logits, softmax: probabilities) and otherwise the outputs themselves.
 
-    >>> m = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, activation="softmax")])
+    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     >>> resolve_output_kind(m, np.zeros((4, 3), np.float32), num_classes=2)
     'probabilities'
     """

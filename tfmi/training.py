@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import tensorflow as tf
+import keras
 
 from tfmi.data.dataset import Dataset
 from tfmi.data.splits import MembershipSplit
@@ -26,7 +26,7 @@ __all__ = [
 class TrainedTarget:
     """A trained target model with its accuracy on members (train) and non-members (test)."""
 
-    model: tf.keras.Model
+    model: keras.Model
     config: TrainConfig
     train_accuracy: float
     test_accuracy: float
@@ -38,7 +38,7 @@ class TrainedTarget:
         return self.train_accuracy - self.test_accuracy
 
 
-def make_optimizer(config: TrainConfig, *, legacy: bool = False) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(config: TrainConfig, *, legacy: bool = False) -> keras.optimizers.Optimizer:
     """The optimizer ``config`` names, with its learning rate, momentum and weight decay.
 
     ``legacy=True`` gives Keras's legacy (fused) implementation of the same update rule, which the
@@ -51,18 +51,18 @@ def make_optimizer(config: TrainConfig, *, legacy: bool = False) -> tf.keras.opt
         if config.weight_decay:
             raise TfmiError("the legacy optimizers have no weight decay: train these models one by one")
         if config.optimizer == "sgd":
-            return tf.keras.optimizers.legacy.SGD(config.learning_rate, momentum=config.momentum)
-        return tf.keras.optimizers.legacy.Adam(config.learning_rate)
+            return keras.optimizers.legacy.SGD(config.learning_rate, momentum=config.momentum)
+        return keras.optimizers.legacy.Adam(config.learning_rate)
     decay = {"weight_decay": config.weight_decay} if config.weight_decay else {}
     if config.optimizer == "sgd":
-        return tf.keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, **decay)
-    return tf.keras.optimizers.Adam(config.learning_rate, **decay)
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, **decay)
+    return keras.optimizers.Adam(config.learning_rate, **decay)
 
 
 _optimizer = make_optimizer
 
 
-class LearningRateMilestones(tf.keras.callbacks.Callback):
+class LearningRateMilestones(keras.callbacks.Callback):
     """Divides the optimizer's learning rate by 10 at each of ``config.lr_milestones`` (0-based epochs).
 
     Every optimizer the model owns drops from its own starting rate, a separate one for the MMD
@@ -83,7 +83,7 @@ class LearningRateMilestones(tf.keras.callbacks.Callback):
             optimizer.learning_rate.assign(base * factor)
 
 
-def _optimizers_of(model: tf.keras.Model) -> list:
+def _optimizers_of(model: keras.Model) -> list:
     found = [model.optimizer] if getattr(model, "optimizer", None) is not None else []
     extra = getattr(model, "mmd_optimizer", None)
     if extra is not None and extra is not model.optimizer:
@@ -97,8 +97,8 @@ class TrainingPlan:
     for MMD, AdvReg, RelaxLoss, a DP model for DP-SGD), the plain network inside it, and what to
     record about the defense."""
 
-    trainable: tf.keras.Model
-    inner: tf.keras.Model
+    trainable: keras.Model
+    inner: keras.Model
     one_hot_labels: bool = False
     validate_on_reference: bool = False
     callbacks: list = field(default_factory=list)
@@ -124,7 +124,7 @@ def plan_training(
         if name != "mixup":
             mmd_options = {"reference_refresh": defense.reference_refresh, "target_gap": defense.target_gap}
             if defense.mmd_optimizer == "sgd":  # the authors' own optimizer for the MMD steps
-                mmd_options["mmd_optimizer"] = tf.keras.optimizers.SGD(
+                mmd_options["mmd_optimizer"] = keras.optimizers.SGD(
                     defense.mmd_learning_rate or config.learning_rate, momentum=0.9)
         plan.trainable = MMDMixupModel(
             inner, reference,
@@ -167,20 +167,20 @@ def plan_training(
     elif name == "label-smoothing":
         inner.compile(
             optimizer=_optimizer(config),
-            loss=tf.keras.losses.CategoricalCrossentropy(
+            loss=keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=defense.label_smoothing),
-            metrics=[tf.keras.metrics.CategoricalAccuracy(name="accuracy")],
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
         plan.one_hot_labels = True
     else:  # none, l2, dropout, early-stopping: plain training of the (regularized) network
         inner.compile(
             optimizer=_optimizer(config),
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
     if name == "early-stopping":
         plan.validate_on_reference = True
-        plan.callbacks.append(tf.keras.callbacks.EarlyStopping(
+        plan.callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=defense.patience, restore_best_weights=True))
     if config.lr_milestones:
         plan.callbacks.append(LearningRateMilestones(config))
@@ -194,7 +194,7 @@ def train_target(
     defense: DefenseConfig | None = None,
     *,
     verbose: int | str = "auto",
-    callbacks: list[tf.keras.callbacks.Callback] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainedTarget:
     """Train ``config.model`` on the split's members with a defense; report train and test accuracy.
 
@@ -226,7 +226,7 @@ def train_target(
     x_val, y_val = (data.x[split.reference], data.y[split.reference]) if plan.validate_on_reference \
         else (x_test, y_test)
     if plan.one_hot_labels:
-        y_fit, y_val = (tf.keras.utils.to_categorical(v, data.num_classes) for v in (y_train, y_val))
+        y_fit, y_val = (keras.utils.to_categorical(v, data.num_classes) for v in (y_train, y_val))
     else:
         y_fit = y_train
     history = plan.trainable.fit(

@@ -34,6 +34,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -109,11 +110,11 @@ class _StackedDense:
     """K copies of a dense network (Dense/Flatten layers only) with stacked weights, run as batched
     matmuls; shadow k's layers are drawn from the template's initializers with ``seeds[k]``."""
 
-    def __init__(self, template: tf.keras.Model, seeds: list[int]):
+    def __init__(self, template: keras.Model, seeds: list[int]):
         self.activations = []
         self.kernels: list[tf.Variable] = []
         self.biases: list[tf.Variable] = []
-        dense = [layer for layer in template.layers if isinstance(layer, tf.keras.layers.Dense)]
+        dense = [layer for layer in template.layers if isinstance(layer, keras.layers.Dense)]
         for i, layer in enumerate(dense):
             self.activations.append(layer.activation)
             layer_seeds = [s * 31 + i for s in seeds]
@@ -125,8 +126,8 @@ class _StackedDense:
         self.variables = [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
 
     @staticmethod
-    def supports(model: tf.keras.Model) -> bool:
-        allowed = (tf.keras.layers.InputLayer, tf.keras.layers.Flatten, tf.keras.layers.Dense)
+    def supports(model: keras.Model) -> bool:
+        allowed = (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Dense)
         return all(isinstance(layer, allowed) for layer in model.layers) and not model.losses
 
     def __call__(self, x: tf.Tensor, training: bool = False, per_shadow: bool = False) -> tf.Tensor:
@@ -153,7 +154,7 @@ class _StackedDense:
 class _ParallelModels:
     """K Keras models side by side in one graph (for networks the dense path cannot vectorize)."""
 
-    def __init__(self, models: list[tf.keras.Model]):
+    def __init__(self, models: list[keras.Model]):
         self.models = models
         self.variables = [v for m in models for v in m.trainable_variables]
 
@@ -241,7 +242,7 @@ class ShadowSet:
             return np.concatenate(chunks, axis=1)
         return np.stack([predict_in_batches(m, x, batch_size) for m in self._models])
 
-    def shadow_model(self, k: int) -> tf.keras.Model:
+    def shadow_model(self, k: int) -> keras.Model:
         """Shadow ``k`` as a plain zoo Keras model (logits)."""
         if not 0 <= k < self.num_shadows:
             raise TfmiError(f"shadow index {k} out of range: there are {self.num_shadows} shadows")
@@ -360,12 +361,12 @@ def train_shadows(
             plan = plan_training(data, split, dataclasses.replace(config, seed=s), defense)
             y_fit = data.y[inside]
             if plan.one_hot_labels:
-                y_fit = tf.keras.utils.to_categorical(y_fit, data.num_classes)
+                y_fit = keras.utils.to_categorical(y_fit, data.num_classes)
             validation = None
             if plan.validate_on_reference:
                 y_val = data.y[outside]
                 if plan.one_hot_labels:
-                    y_val = tf.keras.utils.to_categorical(y_val, data.num_classes)
+                    y_val = keras.utils.to_categorical(y_val, data.num_classes)
                 validation = (data.x[outside], y_val)
             plan.trainable.fit(data.x[inside], y_fit, validation_data=validation, epochs=config.epochs,
                                batch_size=config.batch_size, shuffle=True, verbose=0,

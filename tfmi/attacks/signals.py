@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -215,7 +216,7 @@ def model_outputs(
     x = check_features(x)
     activation = None
     with_logits = False
-    if isinstance(model, tf.keras.Model):
+    if isinstance(model, keras.Model):
         predict: Callable = model
         activation = last_activation(model)
         _check_input_shape(_keras_input_shape(model), x)
@@ -251,7 +252,7 @@ def model_outputs(
     return ModelOutputs(values, kind, logits=logits, dtype=dtype)
 
 
-def _logits_and_outputs(model: tf.keras.Model) -> Callable | None:
+def _logits_and_outputs(model: keras.Model) -> Callable | None:
     """For a functional or Sequential Keras model whose last layer applies a softmax, a function of a
     batch returning its pre-softmax logits and its outputs side by side, ``(n, 2 * num_classes)``, from
     one forward pass with the model's current weights; None when the logits cannot be recovered
@@ -260,20 +261,20 @@ def _logits_and_outputs(model: tf.keras.Model) -> Callable | None:
     try:
         if len(model.outputs) != 1 or model.outputs[0] is not layer.output:
             return None  # the last layer listed is not the one producing the only output
-        trunk = tf.keras.Model(model.inputs, layer.input)  # shares the model's layers and weights
+        trunk = keras.Model(model.inputs, layer.input)  # shares the model's layers and weights
     except (AttributeError, ValueError, TypeError, RuntimeError):
         return None
     if len(trunk.outputs) != 1 or trunk.outputs[0].shape.rank != 2:
         return None
-    if isinstance(layer, tf.keras.layers.Softmax):
+    if isinstance(layer, keras.layers.Softmax):
         if list(np.ravel(layer.axis)) not in ([-1], [1]):
             return None
         def linear(h: tf.Tensor) -> tf.Tensor:
             return h
-    elif isinstance(layer, tf.keras.layers.Activation):
+    elif isinstance(layer, keras.layers.Activation):
         def linear(h: tf.Tensor) -> tf.Tensor:
             return h
-    elif isinstance(layer, tf.keras.layers.Dense):
+    elif isinstance(layer, keras.layers.Dense):
         def linear(h: tf.Tensor) -> tf.Tensor:
             z = tf.matmul(tf.cast(h, layer.kernel.dtype), layer.kernel)
             return z + layer.bias if layer.use_bias else z
@@ -297,7 +298,7 @@ def _reproduces(logits: np.ndarray, probabilities: np.ndarray) -> bool:
     return bool(np.allclose(softmax, probabilities, rtol=0.0, atol=1e-4))
 
 
-def _keras_input_shape(model: tf.keras.Model) -> tuple | None:
+def _keras_input_shape(model: keras.Model) -> tuple | None:
     """The per-example input shape of a single-input Keras model; None when unknown."""
     try:
         shape = model.input_shape

@@ -63,9 +63,9 @@ def load_keras_dataset(entry: KerasCached, hint: str) -> tuple[np.ndarray, np.nd
     cached = entry.cache_path().exists()
     if not cached and not downloads_allowed():
         raise TfmiError(f"{entry.name} not found: {hint} (downloads are off: TFMI_OFFLINE is set)")
-    import tensorflow as tf
+    import keras
 
-    loader = getattr(tf.keras.datasets, entry.module)
+    loader = getattr(keras.datasets, entry.module)
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as exc:  # keras raises bare Exception subclasses on failed downloads
@@ -140,7 +140,7 @@ def load_cifar10(data_dir: Path | None) -> Dataset:
 
 def load_cifar100(data_dir: Path | None) -> Dataset:
     pixels, labels, source = load_keras_dataset(
-        KERAS_CIFAR100, "fill the keras.datasets cache (tf.keras.datasets.cifar100.load_data())"
+        KERAS_CIFAR100, "fill the keras.datasets cache (keras.datasets.cifar100.load_data())"
     )
     return make_dataset(
         to_unit_float(pixels), labels, 100, name="cifar100", source=source,

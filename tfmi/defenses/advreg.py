@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from numbers import Integral
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -39,11 +40,11 @@ from tfmi.defenses.base import DefendedModel, resolve_reference
 from tfmi.errors import TfmiError
 from tfmi.validation import check_number
 
-layers = tf.keras.layers
+layers = keras.layers
 _SEED_STREAM = 7  # step_seed stream of the reference draws (MMDMixupModel uses 1-3)
 
 
-@tf.keras.saving.register_keras_serializable(package="tfmi")
+@keras.saving.register_keras_serializable(package="tfmi")
 class AdvRegModel(DefendedModel):
     """A Keras classifier trained with adversarial regularization against a learned inference model.
 
@@ -69,7 +70,7 @@ class AdvRegModel(DefendedModel):
 
     def __init__(
         self,
-        model: tf.keras.Model,
+        model: keras.Model,
         reference_data: tuple[np.ndarray, np.ndarray] | None = None,
         *,
         adv_weight: float = 1.0,
@@ -97,10 +98,10 @@ class AdvRegModel(DefendedModel):
         self.attack_learning_rate = float(attack_learning_rate)
         self.store_reference(ref_x, ref_y)
         self.attack_model = build_attack_model(self.num_classes, attack_hidden, self.seed)
-        self.attack_optimizer = tf.keras.optimizers.Adam(self.attack_learning_rate)
+        self.attack_optimizer = keras.optimizers.Adam(self.attack_learning_rate)
         self.attack_optimizer.build(self.attack_model.trainable_variables)
-        self.gain_tracker = tf.keras.metrics.Mean(name="adv_gain")
-        self.attack_accuracy_tracker = tf.keras.metrics.Mean(name="attack_accuracy")
+        self.gain_tracker = keras.metrics.Mean(name="adv_gain")
+        self.attack_accuracy_tracker = keras.metrics.Mean(name="attack_accuracy")
 
     # --- training ------------------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class AdvRegModel(DefendedModel):
         return accuracy
 
     def train_step(self, data):
-        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         targets = self.weighted_targets(y, sample_weight)
         onehot = tf.one_hot(y, self.num_classes)
@@ -177,11 +178,11 @@ class AdvRegModel(DefendedModel):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> AdvRegModel:
         config = dict(config)
-        inner = tf.keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        inner = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
         return cls(inner, None, **config)
 
 
-def build_attack_model(num_classes: int, hidden: Sequence[int] = (64, 64), seed: int = 0) -> tf.keras.Model:
+def build_attack_model(num_classes: int, hidden: Sequence[int] = (64, 64), seed: int = 0) -> keras.Model:
     """Nasr et al.'s inference model: (softmax vector, one-hot label) -> logit of P(member).
 
     The softmax vector passes through ReLU layers of widths ``hidden``, the label through one ReLU
@@ -195,17 +196,17 @@ def build_attack_model(num_classes: int, hidden: Sequence[int] = (64, 64), seed:
     seeds = iter(range(1_000 * int(seed), 1_000 * int(seed) + 1_000))
 
     def dense(units: int, name: str, activation: str | None = "relu") -> layers.Dense:
-        init = tf.keras.initializers.GlorotUniform(seed=next(seeds))
+        init = keras.initializers.GlorotUniform(seed=next(seeds))
         return layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
 
-    probabilities = tf.keras.Input((num_classes,), name="probabilities")
-    labels = tf.keras.Input((num_classes,), name="labels")
+    probabilities = keras.Input((num_classes,), name="probabilities")
+    labels = keras.Input((num_classes,), name="labels")
     h = probabilities
     for i, width in enumerate(hidden):
         h = dense(width, f"softmax_{i}")(h)
     g = dense(hidden[-1], "label_0")(labels)
     z = dense(hidden[-1], "combine_0")(layers.Concatenate(name="concat")([h, g]))
-    return tf.keras.Model([probabilities, labels], dense(1, "member_logit", None)(z), name="attack")
+    return keras.Model([probabilities, labels], dense(1, "member_logit", None)(z), name="attack")
 
 
 def _check_hidden(hidden: int | Sequence[int]) -> tuple[int, ...]:

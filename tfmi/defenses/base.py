@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -20,9 +21,9 @@ from tfmi.outputs import log_probabilities, probabilities, resolve_output_kind
 from tfmi.validation import check_number
 
 
-def classifier_shape(model: tf.keras.Model) -> tuple[tuple[int, ...], int]:
+def classifier_shape(model: keras.Model) -> tuple[tuple[int, ...], int]:
     """``(input shape, class count)`` of a Keras classifier; raises unless it outputs (batch, classes)."""
-    if not isinstance(model, tf.keras.Model):
+    if not isinstance(model, keras.Model):
         raise TfmiError(f"expected a Keras model to defend, got {type(model).__name__}")
     if model.outputs is not None and len(model.outputs) != 1:
         raise TfmiError("the model must have a single output (class logits or probabilities)")
@@ -75,7 +76,7 @@ def check_reference(
 
 
 def resolve_reference(
-    model: tf.keras.Model, reference_data, reference_size: int | None, needs: str
+    model: keras.Model, reference_data, reference_size: int | None, needs: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Checked reference arrays, or (``from_config``) placeholders of ``reference_size`` rows that
     the saved weights overwrite when they are loaded."""
@@ -89,7 +90,7 @@ def resolve_reference(
     return placeholder, np.arange(int(reference_size)) % num_classes
 
 
-class DefendedModel(tf.keras.Model):
+class DefendedModel(keras.Model):
     """Base class: holds the inner classifier, its output kind, seeds, loss and evaluation.
 
     Subclasses implement ``train_step``; they call `cross_entropy`, `step_seed` and
@@ -98,7 +99,7 @@ class DefendedModel(tf.keras.Model):
 
     def __init__(
         self,
-        model: tf.keras.Model,
+        model: keras.Model,
         *,
         outputs: str = "auto",
         sample_x: np.ndarray | None = None,
@@ -113,8 +114,8 @@ class DefendedModel(tf.keras.Model):
         self.output_kind = resolve_output_kind(model, sample_x[:8], self.num_classes, outputs)
         self.seed = check_number("seed", seed, integer=True)
         self.built = True  # the inner model is built; Keras would otherwise warn when saving
-        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
-        self.ce_tracker = tf.keras.metrics.Mean(name="ce_loss")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
 
     # --- behaves like the inner model ---------------------------------------------------------
 
@@ -130,7 +131,7 @@ class DefendedModel(tf.keras.Model):
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def test_step(self, data):
-        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         outputs = self.inner(x, training=False)
         targets = self.weighted_targets(y, sample_weight)
@@ -148,11 +149,11 @@ class DefendedModel(tf.keras.Model):
         """Keep the reference set as non-trainable weights (saved, mirrored under strategies)."""
         self.reference_x = self.add_weight(
             name="reference_x", shape=ref_x.shape, dtype=tf.float32, trainable=False,
-            initializer=tf.keras.initializers.Constant(ref_x),
+            initializer=keras.initializers.Constant(ref_x),
         )
         self.reference_y = self.add_weight(
             name="reference_y", shape=ref_y.shape, dtype=tf.int32, trainable=False,
-            initializer=tf.keras.initializers.Constant(ref_y.astype(np.int32)),
+            initializer=keras.initializers.Constant(ref_y.astype(np.int32)),
         )
 
     @property
@@ -187,7 +188,7 @@ class DefendedModel(tf.keras.Model):
         tape: tf.GradientTape,
         loss: tf.Tensor,
         variables: list[tf.Variable] | None = None,
-        optimizer: tf.keras.optimizers.Optimizer | None = None,
+        optimizer: keras.optimizers.Optimizer | None = None,
     ) -> None:
         """Step ``optimizer`` (default: the compiled one) on ``loss``, a per-replica mean, for
         ``variables`` (default: the inner model's); gradients are scaled for distribution strategies."""
@@ -200,7 +201,7 @@ class DefendedModel(tf.keras.Model):
 
     def get_config(self) -> dict:
         return {
-            "model": tf.keras.saving.serialize_keras_object(self.inner),
+            "model": keras.saving.serialize_keras_object(self.inner),
             "outputs": self.output_kind,
             "seed": self.seed,
             "name": self.name,

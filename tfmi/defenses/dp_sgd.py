@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -86,10 +87,10 @@ DEFAULT_DELTA = 1e-5
 
 # Layers whose output is random at training time: the fast path's two forward passes would disagree.
 _STOCHASTIC_LAYERS = (
-    tf.keras.layers.Dropout,  # and SpatialDropout1D/2D/3D
-    tf.keras.layers.GaussianNoise,
-    tf.keras.layers.GaussianDropout,
-    tf.keras.layers.AlphaDropout,
+    keras.layers.Dropout,  # and SpatialDropout1D/2D/3D
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
 )
 _ASSUMPTIONS = (
     "example-level DP, add-or-remove-one adjacency, Poisson subsampling at rate batch_size/num_examples "
@@ -375,7 +376,7 @@ def _tfp() -> SimpleNamespace:
 # --------------------------------------------------------------------------------------------------
 
 
-def _conv2d_supported(layer: tf.keras.layers.Conv2D) -> bool:
+def _conv2d_supported(layer: keras.layers.Conv2D) -> bool:
     return (
         layer.data_format == "channels_last"
         and getattr(layer, "groups", 1) == 1
@@ -433,15 +434,15 @@ def make_layer_registry() -> Any:
     """tensorflow-privacy's default fast-clipping registry (``Dense``, ``Embedding``) plus ``Conv2D``.
 
     >>> registry = make_layer_registry()
-    >>> registry.is_elem(tf.keras.layers.Conv2D(4, 3)), registry.is_elem(tf.keras.layers.LSTM(4))
+    >>> registry.is_elem(keras.layers.Conv2D(4, 3)), registry.is_elem(keras.layers.LSTM(4))
     (True, False)
     """
     registry = _tfp().layer_registry.make_default_layer_registry()
-    registry.insert(tf.keras.layers.Conv2D, _conv2d_layer_computation)
+    registry.insert(keras.layers.Conv2D, _conv2d_layer_computation)
     return registry
 
 
-def _fast_clipping_blockers(model: tf.keras.Model) -> list[str]:
+def _fast_clipping_blockers(model: keras.Model) -> list[str]:
     """Why the fast path cannot clip ``model`` (empty when it can)."""
     registry = make_layer_registry()
     blockers = []
@@ -453,15 +454,15 @@ def _fast_clipping_blockers(model: tf.keras.Model) -> list[str]:
             continue
         elif not registry.is_elem(layer):
             blockers.append(f"{name} (not in the fast-clipping registry)")
-        elif isinstance(layer, tf.keras.layers.Conv2D) and not _conv2d_supported(layer):
+        elif isinstance(layer, keras.layers.Conv2D) and not _conv2d_supported(layer):
             blockers.append(f"{name} (only channels-last, ungrouped, undilated Conv2D is supported)")
     return blockers
 
 
 def _check_model(model: Any) -> None:
-    if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         raise TfmiError(
-            "DP-SGD needs a functional Keras model (tf.keras.Model(inputs, outputs) or Sequential), "
+            "DP-SGD needs a functional Keras model (keras.Model(inputs, outputs) or Sequential), "
             f"got {type(model).__name__}: build it with tfmi.models.build_model"
         )
     if len(model.outputs) != 1 or model.outputs[0].shape.rank != 2:
@@ -469,7 +470,7 @@ def _check_model(model: Any) -> None:
             "DP-SGD needs a classifier with one output of shape (batch, classes), "
             f"got outputs {[tuple(o.shape) for o in model.outputs]}"
         )
-    batch_norms = [m.name for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)]
+    batch_norms = [m.name for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
     if batch_norms:
         raise TfmiError(
             f"DP-SGD cannot train BatchNormalization layers ({', '.join(batch_norms[:3])}): they mix the "
@@ -477,13 +478,13 @@ def _check_model(model: Any) -> None:
             "(mlp, cnn, alexnet)"
         )
     last = model.layers[-1]
-    if getattr(last, "activation", None) is tf.keras.activations.softmax or isinstance(
-        last, tf.keras.layers.Softmax
+    if getattr(last, "activation", None) is keras.activations.softmax or isinstance(
+        last, keras.layers.Softmax
     ):
         raise TfmiError(f"the model's last layer {last.name!r} applies softmax: DP-SGD here expects logits")
 
 
-def resolve_path(model: tf.keras.Model, path: str = "auto") -> str:
+def resolve_path(model: keras.Model, path: str = "auto") -> str:
     """The DP-SGD path :func:`make_dp_model` uses for ``model``: ``"auto"`` picks ``"fast"`` or ``"dpmodel"``.
 
     Raises :class:`TfmiError` when ``path="fast"`` is asked for a model it cannot clip.
@@ -517,7 +518,7 @@ def resolve_path(model: tf.keras.Model, path: str = "auto") -> str:
 
 def _pad_batch(data, multiple: int):
     """Pad a batch with zero-weight rows up to a multiple of ``multiple`` (tensorflow-privacy needs one)."""
-    x, y, weights = tf.keras.utils.unpack_x_y_sample_weight(data)
+    x, y, weights = keras.utils.unpack_x_y_sample_weight(data)
     rows = tf.shape(y)[0]
     pad = tf.math.floormod(-rows, multiple)
     weights = tf.ones([rows]) if weights is None else tf.reshape(tf.cast(weights, tf.float32), [rows])
@@ -545,7 +546,7 @@ def _model_classes() -> SimpleNamespace:
                 data = _pad_batch(data, self._tfmi_pad_multiple)
             return super().train_step(data)
 
-    class TfmiDPOptimizerModel(tf.keras.Model):
+    class TfmiDPOptimizerModel(keras.Model):
         """A functional model trained by a tensorflow-privacy DP optimizer, padding uneven batches."""
 
         def __init__(self, *args, pad_multiple: int | None = None, **kwargs):
@@ -561,7 +562,7 @@ def _model_classes() -> SimpleNamespace:
 
 
 def make_dp_model(
-    model: tf.keras.Model,
+    model: keras.Model,
     config: DPSGDConfig | None = None,
     *,
     num_examples: int,
@@ -569,7 +570,7 @@ def make_dp_model(
     epochs: float,
     learning_rate: float = 1e-3,
     metrics: Sequence[Any] = ("accuracy",),
-) -> tuple[tf.keras.Model, DPAccounting]:
+) -> tuple[keras.Model, DPAccounting]:
     """A compiled DP-SGD version of ``model`` for ``fit``, and the privacy accounting of that run.
 
     ``model`` is a functional Keras model returning logits (any ``tfmi.models.build_model`` network
@@ -657,10 +658,10 @@ def _build(model, config: DPSGDConfig, path: str, noise: float, learning_rate: f
         if getattr(dp_model, "_enable_fast_peg_computation", path == "fast") != (path == "fast"):
             raise TfmiError(f"tensorflow-privacy did not take the {path!r} path for {model.name!r}")
         if config.optimizer == "sgd":
-            optimizer = tf.keras.optimizers.SGD(learning_rate, momentum=0.9)
+            optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
         else:
-            optimizer = tf.keras.optimizers.Adam(learning_rate)
-        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            optimizer = keras.optimizers.Adam(learning_rate)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         dp_model = classes.optimizer_model(
             inputs=model.inputs, outputs=model.outputs, name=name, pad_multiple=microbatches
@@ -669,17 +670,17 @@ def _build(model, config: DPSGDConfig, path: str, noise: float, learning_rate: f
         optimizer = tfp.optimizers[path, config.optimizer](
             clip, noise, microbatches, learning_rate=learning_rate, **extra
         )
-        loss = tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE
         )
     _check_loss_reduction(path, loss)
     dp_model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return dp_model
 
 
-def _check_loss_reduction(path: str, loss: tf.keras.losses.Loss) -> None:
+def _check_loss_reduction(path: str, loss: keras.losses.Loss) -> None:
     """The DP optimizers clip per-example losses; DPModel's clipping needs a mean-reduced loss."""
-    per_example = loss.reduction == tf.keras.losses.Reduction.NONE
+    per_example = loss.reduction == keras.losses.Reduction.NONE
     if per_example != (path in ("vectorized", "microbatched")):
         needed = "reduction='none' (per-example)" if not per_example else "a mean reduction"
         raise TfmiError(f"the {path!r} DP-SGD path needs a loss with {needed}, got {loss.reduction!r}")

@@ -51,6 +51,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -73,7 +74,7 @@ TARGET_GAP_GAINS = (2.0, 5.0)
 MMD_WEIGHT_BOUNDS = (1e-3, 1e4)
 
 
-@tf.keras.saving.register_keras_serializable(package="tfmi")
+@keras.saving.register_keras_serializable(package="tfmi")
 class MMDMixupModel(DefendedModel):
     """A Keras classifier trained with the MMD set regularizer, mixup, or both.
 
@@ -127,7 +128,7 @@ class MMDMixupModel(DefendedModel):
 
     def __init__(
         self,
-        model: tf.keras.Model,
+        model: keras.Model,
         reference_data: tuple[np.ndarray, np.ndarray] | None = None,
         *,
         mmd_weight: float | None = None,
@@ -140,7 +141,7 @@ class MMDMixupModel(DefendedModel):
         outputs: str = "auto",
         seed: int = 0,
         reference_size: int | None = None,
-        mmd_optimizer: tf.keras.optimizers.Optimizer | None = None,
+        mmd_optimizer: keras.optimizers.Optimizer | None = None,
         reference_refresh: str = "per_pass",
         target_gap: float | None = None,
         **kwargs: Any,
@@ -161,7 +162,7 @@ class MMDMixupModel(DefendedModel):
             raise TfmiError(f"reference_refresh must be one of {', '.join(REFERENCE_REFRESH)}, "
                             f"got {reference_refresh!r}")
         if mmd_optimizer is not None and not isinstance(
-                mmd_optimizer, tf.keras.optimizers.Optimizer | tf.keras.optimizers.legacy.Optimizer):
+                mmd_optimizer, keras.optimizers.Optimizer | keras.optimizers.legacy.Optimizer):
             raise TfmiError(
                 f"mmd_optimizer must be a Keras optimizer or None, got {type(mmd_optimizer).__name__}")
         if target_gap is not None:
@@ -192,15 +193,15 @@ class MMDMixupModel(DefendedModel):
         if target_gap is not None:  # lambda as a variable: the steps read its current value
             self.mmd_lambda = self.add_weight(
                 name="mmd_lambda", shape=(), trainable=False,
-                initializer=tf.keras.initializers.Constant(np.clip(mmd_weight, *MMD_WEIGHT_BOUNDS)),
+                initializer=keras.initializers.Constant(np.clip(mmd_weight, *MMD_WEIGHT_BOUNDS)),
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        self.mmd_tracker = tf.keras.metrics.Mean(name="mmd")
+        self.mmd_tracker = keras.metrics.Mean(name="mmd")
         # accuracies the training steps measure anyway, reused by the schedule's gap
         if self.tracks_training_accuracy:
-            self.train_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_train_accuracy")
+            self.train_accuracy_tracker = keras.metrics.Mean(name="mmd_train_accuracy")
         if self.joint_mmd:
-            self.reference_accuracy_tracker = tf.keras.metrics.Mean(name="mmd_reference_accuracy")
+            self.reference_accuracy_tracker = keras.metrics.Mean(name="mmd_reference_accuracy")
 
     # --- reference set -------------------------------------------------------------------------
 
@@ -239,7 +240,7 @@ class MMDMixupModel(DefendedModel):
         return self.joint_mmd
 
     def train_step(self, data):
-        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         targets = self.weighted_targets(y, sample_weight)
         metric_labels = y
@@ -368,20 +369,20 @@ class MMDMixupModel(DefendedModel):
             "reference_refresh": self.reference_refresh,
             "target_gap": self.target_gap,
             "mmd_optimizer": (None if self.mmd_optimizer is None
-                              else tf.keras.optimizers.serialize(self.mmd_optimizer)),
+                              else keras.optimizers.serialize(self.mmd_optimizer)),
         }
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> MMDMixupModel:
         config = dict(config)
-        inner = tf.keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        inner = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
         if config.get("mmd_optimizer") is not None:
             # a copy: Keras rewrites the dict it deserializes
-            config["mmd_optimizer"] = tf.keras.optimizers.deserialize(copy.deepcopy(config["mmd_optimizer"]))
+            config["mmd_optimizer"] = keras.optimizers.deserialize(copy.deepcopy(config["mmd_optimizer"]))
         return cls(inner, None, **config)
 
 
-class MMDSchedule(tf.keras.callbacks.Callback):
+class MMDSchedule(keras.callbacks.Callback):
     """Measures the train/reference accuracy gap after every epoch and applies the schedule (and,
     with ``target_gap``, the lambda controller).
 
@@ -491,7 +492,7 @@ class MMDSchedule(tf.keras.callbacks.Callback):
         return float(np.mean(values))
 
 
-class MMDWeightRecorder(tf.keras.callbacks.Callback):
+class MMDWeightRecorder(keras.callbacks.Callback):
     """Copies the epochs' ``mmd_weight`` (lambda) from the training history into ``record`` as
     ``mmd_weight_trajectory`` when training ends, e.g. into the defense record of a sidecar.
 

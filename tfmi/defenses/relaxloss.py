@@ -37,13 +37,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 from tfmi.defenses.base import DefendedModel
 from tfmi.validation import check_number
 
 
-@tf.keras.saving.register_keras_serializable(package="tfmi")
+@keras.saving.register_keras_serializable(package="tfmi")
 class RelaxLossModel(DefendedModel):
     """A Keras classifier trained with RelaxLoss: mean training loss held near ``alpha``.
 
@@ -63,7 +64,7 @@ class RelaxLossModel(DefendedModel):
 
     def __init__(
         self,
-        model: tf.keras.Model,
+        model: keras.Model,
         *,
         alpha: float = 1.0,
         upper: float = 1.0,
@@ -80,8 +81,8 @@ class RelaxLossModel(DefendedModel):
             name="epochs_seen", shape=(), dtype=tf.int32, initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
-        self.ascent_tracker = tf.keras.metrics.Mean(name="ascent_fraction")
-        self.flatten_tracker = tf.keras.metrics.Mean(name="flatten_fraction")
+        self.ascent_tracker = keras.metrics.Mean(name="ascent_fraction")
+        self.flatten_tracker = keras.metrics.Mean(name="flatten_fraction")
 
     def flattened_targets(self, y: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
         """Soft targets of posterior flattening (constants: no gradient flows through them)."""
@@ -93,7 +94,7 @@ class RelaxLossModel(DefendedModel):
         return tf.where(correct, soft, onehot)
 
     def train_step(self, data):
-        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         targets = self.weighted_targets(y, sample_weight)
         even_epoch = tf.equal(self.epochs_seen % 2, 0)
@@ -134,11 +135,11 @@ class RelaxLossModel(DefendedModel):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> RelaxLossModel:
         config = dict(config)
-        inner = tf.keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        inner = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
         return cls(inner, **config)
 
 
-class _CountEpochs(tf.keras.callbacks.Callback):
+class _CountEpochs(keras.callbacks.Callback):
     def __init__(self, model: RelaxLossModel):
         super().__init__()
         self.defended = model
