@@ -319,7 +319,7 @@ def test_compile_refuses_a_loss_and_a_non_model_is_refused(digits, trained):
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus():
     script = textwrap.dedent("""
-        import numpy as np, tensorflow as tf
+        import keras, numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tfmi.data import load_dataset, membership_split

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import keras
 
+from tfmi import compat
 from tfmi.data.dataset import Dataset
 from tfmi.data.splits import MembershipSplit
 from tfmi.defenses.config import DEFAULT_NOISE_MULTIPLIER, DefenseConfig
@@ -41,13 +42,14 @@ class TrainedTarget:
 def make_optimizer(config: TrainConfig, *, legacy: bool = False) -> keras.optimizers.Optimizer:
     """The optimizer ``config`` names, with its learning rate, momentum and weight decay.
 
-    ``legacy=True`` gives Keras's legacy (fused) implementation of the same update rule, which the
-    batched shadows use; it has no weight decay, so it refuses a config that asks for one.
+    ``legacy=True`` gives, on Keras 2, Keras's legacy (fused) implementation of the same update rule,
+    which the batched shadows use; it has no weight decay, so it refuses a config that asks for one.
+    Keras 3 has one optimizer family: ``legacy`` changes nothing there.
 
     >>> make_optimizer(TrainConfig("mlp", optimizer="sgd", learning_rate=0.1)).momentum
     0.9
     """
-    if legacy:
+    if legacy and not compat.KERAS_3:
         if config.weight_decay:
             raise TfmiError("the legacy optimizers have no weight decay: train these models one by one")
         if config.optimizer == "sgd":

@@ -36,7 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmi.defenses.base import DefendedModel, resolve_reference
+from tfmi import compat
+from tfmi.defenses.base import DefendedModel, inner_from_config, resolve_reference
 from tfmi.errors import TfmiError
 from tfmi.validation import check_number
 
@@ -160,8 +161,8 @@ class AdvRegModel(DefendedModel):
         self.ce_tracker.update_state(ce)
         self.gain_tracker.update_state(gain)
         self.attack_accuracy_tracker.update_state(attack_accuracy)
-        self.compiled_metrics.update_state(y, outputs)
-        return {m.name: m.result() for m in self.metrics}
+        compat.update_compiled_metrics(self, y, outputs)
+        return compat.metric_results(self)
 
     # --- serialization -------------------------------------------------------------------------
 
@@ -177,8 +178,7 @@ class AdvRegModel(DefendedModel):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> AdvRegModel:
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        inner, config = inner_from_config(config, custom_objects)
         return cls(inner, None, **config)
 
 

@@ -8,12 +8,14 @@ defense (cross-entropy on integer labels), so ``compile`` takes an optimizer and
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmi import compat
 from tfmi.data.dataset import check_features, check_labels
 from tfmi.errors import TfmiError
 from tfmi.inference import export_saved_model
@@ -90,6 +92,16 @@ def resolve_reference(
     return placeholder, np.arange(int(reference_size)) % num_classes
 
 
+def inner_from_config(config: dict, custom_objects=None) -> tuple[keras.Model, dict]:
+    """``(inner model, the other options)`` of a defended model's ``get_config()``, for ``from_config``.
+
+    Works on a deep copy: Keras 3 rewrites the dicts it deserializes, and the caller's config must
+    stay as it was.
+    """
+    config = copy.deepcopy(config)
+    return keras.saving.deserialize_keras_object(config.pop("model"), custom_objects), config
+
+
 class DefendedModel(keras.Model):
     """Base class: holds the inner classifier, its output kind, seeds, loss and evaluation.
 
@@ -129,6 +141,7 @@ class DefendedModel(keras.Model):
                 "call compile without loss="
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        compat.own_loss_tracker(self)  # the defense logs its own loss
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -136,8 +149,8 @@ class DefendedModel(keras.Model):
         outputs = self.inner(x, training=False)
         targets = self.weighted_targets(y, sample_weight)
         self.loss_tracker.update_state(self.cross_entropy(targets, outputs))
-        self.compiled_metrics.update_state(y, outputs)
-        return {m.name: m.result() for m in [self.loss_tracker, *self.compiled_metrics.metrics]}
+        compat.update_compiled_metrics(self, y, outputs)
+        return compat.metric_results(self, [self.loss_tracker, *compat.compiled_metrics(self)])
 
     def export(self, filepath) -> None:
         """Write the plain inner network (no defense machinery) as a SavedModel for serving."""

@@ -47,7 +47,6 @@ once per pass in inference mode (they are constants to the gradient either way).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,8 +54,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmi import compat
 from tfmi.data.dataset import check_features, check_labels
-from tfmi.defenses.base import DefendedModel, resolve_reference
+from tfmi.defenses.base import DefendedModel, inner_from_config, resolve_reference
 from tfmi.defenses.config import DEFAULT_MMD_WEIGHT
 from tfmi.defenses.mixup import check_alpha, mix, sample_mixup
 from tfmi.defenses.mmd import ESTIMATORS, ClassMatchedSampler, check_bandwidths, mmd2
@@ -161,8 +161,7 @@ class MMDMixupModel(DefendedModel):
         if reference_refresh not in REFERENCE_REFRESH:
             raise TfmiError(f"reference_refresh must be one of {', '.join(REFERENCE_REFRESH)}, "
                             f"got {reference_refresh!r}")
-        if mmd_optimizer is not None and not isinstance(
-                mmd_optimizer, keras.optimizers.Optimizer | keras.optimizers.legacy.Optimizer):
+        if mmd_optimizer is not None and not compat.is_optimizer(mmd_optimizer):
             raise TfmiError(
                 f"mmd_optimizer must be a Keras optimizer or None, got {type(mmd_optimizer).__name__}")
         if target_gap is not None:
@@ -188,13 +187,13 @@ class MMDMixupModel(DefendedModel):
         self.sampler = ClassMatchedSampler(self.reference_y, self.num_classes)
         self.mmd_gate = self.add_weight(
             name="mmd_gate", shape=(), initializer="zeros", trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            aggregation=compat.only_first_replica(),
         )
         if target_gap is not None:  # lambda as a variable: the steps read its current value
             self.mmd_lambda = self.add_weight(
                 name="mmd_lambda", shape=(), trainable=False,
                 initializer=keras.initializers.Constant(np.clip(mmd_weight, *MMD_WEIGHT_BOUNDS)),
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                aggregation=compat.only_first_replica(),
             )
         self.mmd_tracker = keras.metrics.Mean(name="mmd")
         # accuracies the training steps measure anyway, reused by the schedule's gap
@@ -282,8 +281,8 @@ class MMDMixupModel(DefendedModel):
             self.train_accuracy_tracker.update_state(_correct(mmd_outputs, compared))
             if self.joint_mmd:
                 self.reference_accuracy_tracker.update_state(_correct(reference_probabilities, compared))
-        self.compiled_metrics.update_state(metric_labels, outputs)
-        return {m.name: m.result() for m in self.metrics}
+        compat.update_compiled_metrics(self, metric_labels, outputs)
+        return compat.metric_results(self)
 
     def _reference_probabilities(self, reference_inputs: tf.Tensor) -> tf.Tensor:
         return tf.stop_gradient(self.probabilities(self.inner(reference_inputs, training=True)))
@@ -374,11 +373,9 @@ class MMDMixupModel(DefendedModel):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> MMDMixupModel:
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        inner, config = inner_from_config(config, custom_objects)
         if config.get("mmd_optimizer") is not None:
-            # a copy: Keras rewrites the dict it deserializes
-            config["mmd_optimizer"] = keras.optimizers.deserialize(copy.deepcopy(config["mmd_optimizer"]))
+            config["mmd_optimizer"] = keras.optimizers.deserialize(config["mmd_optimizer"])
         return cls(inner, None, **config)
 
 

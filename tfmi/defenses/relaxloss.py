@@ -40,7 +40,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfmi.defenses.base import DefendedModel
+from tfmi import compat
+from tfmi.defenses.base import DefendedModel, inner_from_config
 from tfmi.validation import check_number
 
 
@@ -79,7 +80,7 @@ class RelaxLossModel(DefendedModel):
         self.upper = float(upper)
         self.epochs_seen = self.add_weight(
             name="epochs_seen", shape=(), dtype=tf.int32, initializer="zeros", trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            aggregation=compat.only_first_replica(),
         )
         self.ascent_tracker = keras.metrics.Mean(name="ascent_fraction")
         self.flatten_tracker = keras.metrics.Mean(name="flatten_fraction")
@@ -114,8 +115,8 @@ class RelaxLossModel(DefendedModel):
         self.ce_tracker.update_state(ce)
         self.ascent_tracker.update_state(tf.cast(relaxed & even_epoch, tf.float32))
         self.flatten_tracker.update_state(tf.cast(relaxed & tf.logical_not(even_epoch), tf.float32))
-        self.compiled_metrics.update_state(y, outputs)
-        return {m.name: m.result() for m in self.metrics}
+        compat.update_compiled_metrics(self, y, outputs)
+        return compat.metric_results(self)
 
     @staticmethod
     def _global_mean(value: tf.Tensor) -> tf.Tensor:
@@ -134,8 +135,7 @@ class RelaxLossModel(DefendedModel):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> RelaxLossModel:
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
+        inner, config = inner_from_config(config, custom_objects)
         return cls(inner, **config)
 
 
