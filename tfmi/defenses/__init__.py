@@ -3,7 +3,8 @@
 - `MMDMixupModel`: the MMD set regularizer with mixup (Li, Li & Ribeiro 2021), either alone;
 - `AdvRegModel`: adversarial regularization (Nasr et al. 2018);
 - `RelaxLossModel`: RelaxLoss (Chen et al. 2022);
-- `make_dp_model`: DP-SGD from tensorflow-privacy, with the (epsilon, delta) it spends;
+- `make_dp_model`: DP-SGD (tensorflow-privacy on Keras 2, `NativeDPModel` on Keras 3), with the
+  (epsilon, delta) it spends;
 - `DefenseConfig`: any of these, or L2, dropout, label smoothing, early stopping, by name, for
   `tfmi.training.train_target` and ``tfmi train --defense``.
 
@@ -21,6 +22,7 @@ _LAZY = {
     "RelaxLossModel": "tfmi.defenses.relaxloss",
     "DPSGDConfig": "tfmi.defenses.dp_sgd",
     "make_dp_model": "tfmi.defenses.dp_sgd",
+    "NativeDPModel": "tfmi.defenses.dp_native",
     "DefendedModel": "tfmi.defenses.base",
     "mmd2": "tfmi.defenses.mmd",
 }

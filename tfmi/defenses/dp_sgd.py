@@ -1,4 +1,4 @@
-"""DP-SGD from tensorflow-privacy, wired for ``model.fit``.
+"""DP-SGD for ``model.fit``: tensorflow-privacy on Keras 2, tfmi's own implementation on Keras 3.
 
 Differentially private SGD (Abadi et al. 2016) clips every example's gradient to an L2 norm of at most
 ``l2_norm_clip`` and adds Gaussian noise of standard deviation ``noise_multiplier * l2_norm_clip`` to
@@ -7,7 +7,8 @@ model, and so how well a membership-inference attack can do.
 
 :func:`make_dp_model` turns a zoo model (any functional Keras model returning logits) into a compiled
 model ready for ``fit`` and returns, with it, the :class:`DPAccounting` of the run it was built for.
-Clipped gradients are computed along one of four paths (``DPSGDConfig.path``):
+
+**Keras 2 (the reference stack)**: tensorflow-privacy, along one of four paths (``DPSGDConfig.path``):
 
 - ``"fast"``: tensorflow-privacy's ``DPModel`` with fast ("ghost") gradient clipping: per-example
   gradient *norms* come from one extra forward and backward pass, without materializing per-example
@@ -22,6 +23,14 @@ Clipped gradients are computed along one of four paths (``DPSGDConfig.path``):
   measured on CPU. Per epoch, against plain ``fit`` (batch 64, 2 cores): 2.3x (fast) and 12x (dpmodel)
   on the Location30 MLP, 3.1x and 4.6x on the CIFAR-10 ``cnn``; the DP optimizers take 21-26x (MLP)
   and ~70x (CNN).
+
+**Keras 3 (the current stack)**, where tensorflow-privacy does not run: tfmi's
+:class:`~tfmi.defenses.dp_native.NativeDPModel`, which clips and noises as tensorflow-privacy's
+``DPModel`` does. ``"fast"`` is its ghost-norm clipping (trainable layers ``Dense`` or ``Conv2D`` as
+above; random layers allowed, as norms and gradients share one forward pass); ``"dpmodel"``,
+``"vectorized"`` and ``"microbatched"``, which compute the same clipped gradients, all run its
+``tf.vectorized_map`` clipping, recorded as ``"vectorized"``; ``"auto"`` picks ``"fast"`` where it
+applies, else ``"vectorized"``. tensorflow-privacy is imported only on Keras 2.
 
 ``BatchNormalization`` is refused on every path: it mixes the examples of a batch, so per-example
 gradients (and the privacy guarantee) are not defined.
@@ -39,11 +48,11 @@ samples, as everyone does; this is tensorflow-privacy's "epsilon assuming Poisso
 data. With ``num_microbatches=None`` (the default: one example per microbatch) every path handles it.
 With an explicit ``num_microbatches``, tensorflow-privacy would fail on a batch it does not divide, so
 tfmi pads such a batch with zero-weight rows: they add nothing to the gradient (each real example still
-sits in exactly one clipped microbatch), but on the ``fast``/``dpmodel`` paths ``fit``'s running
-loss and accuracy for that batch count them.
+sits in exactly one clipped microbatch), but on Keras 2's ``fast``/``dpmodel`` paths ``fit``'s running
+loss and accuracy for that batch count them (the native model counts only the real rows).
 
 >>> config = DPSGDConfig(noise_multiplier=1.0)
->>> round(dp_epsilon(1500, 64, 30, config.noise_multiplier, 1e-5), 2)
+>>> round(dp_epsilon(1500, 64, 30, config.noise_multiplier, 1e-5), 1)
 8.4
 """
 
@@ -62,7 +71,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmi import compat
 from tfmi.defenses.config import DP_PATHS
+from tfmi.defenses.dp_native import NativeDPModel, check_dp_model, fast_clipping_blockers
 from tfmi.errors import TfmiError
 
 __all__ = [
@@ -293,7 +304,7 @@ def dp_epsilon(
 
     ``used_microbatching``: microbatches of more than one example were clipped as a whole.
 
-    >>> round(dp_epsilon(1500, 64, 30, 1.0, 1e-5), 2), round(dp_epsilon(1500, 64, 30, 2.0, 1e-5), 2)
+    >>> round(dp_epsilon(1500, 64, 30, 1.0, 1e-5), 1), round(dp_epsilon(1500, 64, 30, 2.0, 1e-5), 2)
     (8.4, 2.82)
     """
     _check_accounting_inputs(num_examples, batch_size, epochs, delta, accountant)
@@ -432,11 +443,18 @@ def _conv2d_layer_computation(layer, input_args, input_kwargs, tape, num_microba
 
 def make_layer_registry() -> Any:
     """tensorflow-privacy's default fast-clipping registry (``Dense``, ``Embedding``) plus ``Conv2D``.
+    Keras 2 only (tensorflow-privacy does not run on Keras 3, whose native fast path needs no registry).
 
-    >>> registry = make_layer_registry()
-    >>> registry.is_elem(keras.layers.Conv2D(4, 3)), registry.is_elem(keras.layers.LSTM(4))
-    (True, False)
+    >>> registry = None if compat.KERAS_3 else make_layer_registry()
+    >>> conv, lstm = keras.layers.Conv2D(4, 3), keras.layers.LSTM(4)
+    >>> registry is None or (registry.is_elem(conv) and not registry.is_elem(lstm))
+    True
     """
+    if compat.KERAS_3:
+        raise TfmiError(
+            "make_layer_registry builds tensorflow-privacy's registry, which needs Keras 2 (the reference "
+            "stack); on Keras 3 use make_dp_model, whose native fast path needs no registry"
+        )
     registry = _tfp().layer_registry.make_default_layer_registry()
     registry.insert(keras.layers.Conv2D, _conv2d_layer_computation)
     return registry
@@ -444,6 +462,8 @@ def make_layer_registry() -> Any:
 
 def _fast_clipping_blockers(model: keras.Model) -> list[str]:
     """Why the fast path cannot clip ``model`` (empty when it can)."""
+    if compat.KERAS_3:
+        return fast_clipping_blockers(model)
     registry = make_layer_registry()
     blockers = []
     for layer in model.layers:
@@ -460,55 +480,39 @@ def _fast_clipping_blockers(model: keras.Model) -> list[str]:
 
 
 def _check_model(model: Any) -> None:
-    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
-        raise TfmiError(
-            "DP-SGD needs a functional Keras model (keras.Model(inputs, outputs) or Sequential), "
-            f"got {type(model).__name__}: build it with tfmi.models.build_model"
-        )
-    if len(model.outputs) != 1 or model.outputs[0].shape.rank != 2:
-        raise TfmiError(
-            "DP-SGD needs a classifier with one output of shape (batch, classes), "
-            f"got outputs {[tuple(o.shape) for o in model.outputs]}"
-        )
-    batch_norms = [m.name for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
-    if batch_norms:
-        raise TfmiError(
-            f"DP-SGD cannot train BatchNormalization layers ({', '.join(batch_norms[:3])}): they mix the "
-            "examples of a batch, so per-example gradients are undefined; use a model without them "
-            "(mlp, cnn, alexnet)"
-        )
-    last = model.layers[-1]
-    if getattr(last, "activation", None) is keras.activations.softmax or isinstance(
-        last, keras.layers.Softmax
-    ):
-        raise TfmiError(f"the model's last layer {last.name!r} applies softmax: DP-SGD here expects logits")
+    check_dp_model(model)  # functional, one (batch, classes) logits output, no BatchNormalization
 
 
 def resolve_path(model: keras.Model, path: str = "auto") -> str:
-    """The DP-SGD path :func:`make_dp_model` uses for ``model``: ``"auto"`` picks ``"fast"`` or ``"dpmodel"``.
+    """The DP-SGD path :func:`make_dp_model` takes for ``model``: ``"auto"`` picks ``"fast"`` where it
+    applies, else ``"dpmodel"`` (Keras 2) or ``"vectorized"`` (Keras 3, where every path but
+    ``"fast"`` runs as ``"vectorized"``; see the module docstring).
 
     Raises :class:`TfmiError` when ``path="fast"`` is asked for a model it cannot clip.
 
     >>> from tfmi.models import build_model
     >>> resolve_path(build_model("cnn", (8, 8, 1), 10))
     'fast'
-    >>> resolve_path(build_model("mlp", (8,), 3, dropout=0.5))
-    'dpmodel'
+    >>> inputs = keras.Input((5, 3))
+    >>> recurrent = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.SimpleRNN(4)(inputs)))
+    >>> resolve_path(recurrent) == ("vectorized" if compat.KERAS_3 else "dpmodel")
+    True
     """
     if path not in PATHS:
         raise TfmiError(f"unknown DP-SGD path {path!r}: use one of {', '.join(PATHS)}")
     _check_model(model)
+    fallback = "vectorized" if compat.KERAS_3 else "dpmodel"
     if path not in ("auto", "fast"):
-        return path
+        return "vectorized" if compat.KERAS_3 else path
     blockers = _fast_clipping_blockers(model)
     if not blockers:
         return "fast"
     if path == "fast":
         raise TfmiError(
             f"fast gradient clipping cannot handle {'; '.join(blockers[:3])}: use path='auto' "
-            "(falls back to 'dpmodel') or 'dpmodel'"
+            f"(falls back to {fallback!r}) or {fallback!r}"
         )
-    return "dpmodel"
+    return fallback
 
 
 # --------------------------------------------------------------------------------------------------
@@ -570,14 +574,19 @@ def make_dp_model(
     epochs: float,
     learning_rate: float = 1e-3,
     metrics: Sequence[Any] = ("accuracy",),
+    seed: int | None = None,
 ) -> tuple[keras.Model, DPAccounting]:
     """A compiled DP-SGD version of ``model`` for ``fit``, and the privacy accounting of that run.
 
     ``model`` is a functional Keras model returning logits (any ``tfmi.models.build_model`` network
     but ``resnet20``, whose BatchNormalization DP-SGD cannot train). The returned model shares its
     layers and weights with ``model``: after ``fit``, ``model`` holds the trained weights (save or
-    evaluate either; save ``model`` for a plain Keras file). It is compiled with sparse categorical
-    cross-entropy from logits, reduced as the path needs (per-example for the DP optimizers).
+    evaluate either; save ``model`` for a plain Keras file). Its loss is sparse categorical
+    cross-entropy from logits: compiled in, reduced as the path needs, on Keras 2; the native
+    model's own on Keras 3 (a :class:`~tfmi.defenses.dp_native.NativeDPModel`).
+    ``seed`` seeds the native model's noise (``None``: drawn from NumPy's global generator, so
+    ``keras.utils.set_random_seed`` makes runs reproducible); tensorflow-privacy, on Keras 2, draws its
+    noise from TensorFlow's global generator.
 
     The accounting is for ``num_examples`` training examples, ``batch_size`` and ``epochs``: call
     ``fit`` on that data with those values (and ``shuffle=True``, the default), or the epsilon is wrong.
@@ -624,7 +633,9 @@ def make_dp_model(
         used_microbatching=used_microbatching, accountant=config.accountant,
     )
 
-    dp_model = _build(model, config, path, noise, learning_rate, list(metrics))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
+        raise TfmiError(f"seed must be an integer or None, got {seed!r}")
+    dp_model = _build(model, config, path, noise, learning_rate, list(metrics), seed)
     accounting = DPAccounting(
         noise_multiplier=noise,
         l2_norm_clip=float(config.l2_norm_clip),
@@ -642,10 +653,24 @@ def make_dp_model(
     return dp_model, accounting
 
 
-def _build(model, config: DPSGDConfig, path: str, noise: float, learning_rate: float, metrics: list):
-    tfp, classes = _tfp(), _model_classes()
+def _optimizer(config: DPSGDConfig, learning_rate: float) -> keras.optimizers.Optimizer:
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _build(model, config: DPSGDConfig, path: str, noise: float, learning_rate: float, metrics: list,
+           seed: int | None = None):
     clip, microbatches = float(config.l2_norm_clip), config.num_microbatches
     name = f"{model.name}_dp"
+    if compat.KERAS_3:
+        dp_model = NativeDPModel(
+            model, l2_norm_clip=clip, noise_multiplier=noise, num_microbatches=microbatches,
+            method=path, seed=None if seed is None else int(seed), name=name,
+        )
+        dp_model.compile(optimizer=_optimizer(config, learning_rate), metrics=metrics, jit_compile=False)
+        return dp_model
+    tfp, classes = _tfp(), _model_classes()
     if path in ("fast", "dpmodel"):
         dp_model = classes.dp_model(
             l2_norm_clip=clip,
@@ -657,10 +682,7 @@ def _build(model, config: DPSGDConfig, path: str, noise: float, learning_rate: f
         )
         if getattr(dp_model, "_enable_fast_peg_computation", path == "fast") != (path == "fast"):
             raise TfmiError(f"tensorflow-privacy did not take the {path!r} path for {model.name!r}")
-        if config.optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-        else:
-            optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer = _optimizer(config, learning_rate)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         dp_model = classes.optimizer_model(
