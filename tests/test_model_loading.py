@@ -22,6 +22,7 @@ PLAIN_KERAS_SCRIPT = textwrap.dedent(
     import sys
 
     import numpy as np
+    import keras
     import tensorflow as tf
 
     out = sys.argv[1]

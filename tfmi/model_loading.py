@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmi import model_safety
+from tfmi import compat, model_safety
 from tfmi.errors import TfmiError, first_line
 from tfmi.outputs import last_activation
 
@@ -346,18 +346,29 @@ def _read_keras_model(path: Path, fmt: str, unsafe_load: bool):
                 problems = model_safety.problems_in_keras_config(model_safety.hdf5_model_config(handle, path))
                 if problems:
                     raise model_safety.refusal(path, problems)
-            return keras.models.load_model(handle, compile=False)
+            return compat.load_hdf5_model(handle, safe_mode=not unsafe_load)
     with tempfile.TemporaryDirectory(prefix="tfmi-model-") as private:
         copy = Path(private) / "model.keras"
         try:
             shutil.copyfile(path, copy)
         except OSError as error:
             raise TfmiError(f"cannot read model file {path}: {error.strerror or error}") from None
+        file_major = compat.keras_major_of_zip(model_safety.keras_zip_metadata(copy))
+        if file_major is not None and file_major >= 3 and not compat.KERAS_3:
+            raise TfmiError(f"cannot load {path} with Keras {compat.KERAS_VERSION}: "
+                            f"{compat.other_stack_hint(file_major)}")
         if not unsafe_load:
             problems = model_safety.problems_in_keras_config(model_safety.keras_zip_config(copy))
             if problems:
                 raise model_safety.refusal(path, problems)
-        return keras.models.load_model(str(copy), compile=False, safe_mode=not unsafe_load)
+        try:
+            return keras.models.load_model(str(copy), compile=False, safe_mode=not unsafe_load)
+        except _LOADER_ERRORS as error:
+            if file_major is not None and (file_major >= 3) != compat.KERAS_3 and not isinstance(
+                    error, TfmiError) and "safe_mode" not in str(error):
+                raise TfmiError(f"cannot load {path} with Keras {compat.KERAS_VERSION} "
+                                f"({first_line(error)}): {compat.other_stack_hint(file_major)}") from error
+            raise
 
 
 def _load_keras(path: Path, fmt: str, unsafe_load: bool = False) -> LoadedModel:
@@ -373,8 +384,8 @@ def _load_keras(path: Path, fmt: str, unsafe_load: bool = False) -> LoadedModel:
             raise model_safety.refusal(path, [f"Keras safe_mode refused it: {message.split('. ')[0]}"]) \
                 from error
         raise TfmiError(
-            f"cannot load {path} as a Keras model: {message} (is the file complete and "
-            "written by tf.keras / Keras 2?)"
+            f"cannot load {path} as a Keras model: {message} (is the file complete, and written by "
+            f"Keras {compat.KERAS_VERSION.split('.')[0]}?)"
         ) from error
     where = f"model {path}"
     try:

@@ -40,6 +40,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_CONFIG_FILE = "config.json"
+KERAS_METADATA_FILE = "metadata.json"
 #: config.json of a real model is kilobytes; more is refused rather than decompressed
 MAX_CONFIG_BYTES = 64 * 2**20
 
@@ -166,22 +167,36 @@ def problems_in_keras_config(config: Any) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def keras_zip_config(path: Path) -> Any:
-    """The parsed ``config.json`` of a Keras zip, read without deserializing anything."""
+def _zip_json(path: Path, member: str, required: bool) -> Any:
+    """A JSON member of a Keras zip, parsed without deserializing anything (None if absent and not
+    ``required``)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo(KERAS_CONFIG_FILE)
+            info = archive.getinfo(member)
             if info.file_size > MAX_CONFIG_BYTES:
-                raise TfmiError(f"{path}: {KERAS_CONFIG_FILE} claims {info.file_size} bytes; a model "
+                raise TfmiError(f"{path}: {member} claims {info.file_size} bytes; a model "
                                 "config is kilobytes: the file is corrupt or hostile")
             with archive.open(info) as handle:
                 text = handle.read(MAX_CONFIG_BYTES + 1)
     except KeyError:
-        raise TfmiError(f"cannot load {path} as a Keras model: the zip holds no {KERAS_CONFIG_FILE} "
+        if not required:
+            return None
+        raise TfmiError(f"cannot load {path} as a Keras model: the zip holds no {member} "
                         "(is it a model saved with model.save('....keras')?)") from None
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as error:
         raise TfmiError(f"cannot load {path} as a Keras model: damaged zip ({error})") from None
-    return _parse_json(text, path, KERAS_CONFIG_FILE)
+    return _parse_json(text, path, member)
+
+
+def keras_zip_config(path: Path) -> Any:
+    """The parsed ``config.json`` of a Keras zip, read without deserializing anything."""
+    return _zip_json(path, KERAS_CONFIG_FILE, required=True)
+
+
+def keras_zip_metadata(path: Path) -> dict:
+    """The parsed ``metadata.json`` of a Keras zip (which Keras version wrote it), or ``{}``."""
+    metadata = _zip_json(path, KERAS_METADATA_FILE, required=False)
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def hdf5_model_config(path_or_file: Any, path: Path) -> Any:
