@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import keras
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmi import compat
 from tfmi.errors import TfmiError
 from tfmi.inference import export_saved_model
 from tfmi.model_loading import LoadedModel, check_output_width, list_signatures, load_model
@@ -259,3 +262,15 @@ def test_large_batches_are_predicted_in_chunks(tmp_path):
     model.save(path)
     x = np.random.default_rng(2).normal(size=(2500, 3)).astype(np.float32)
     np.testing.assert_allclose(load_model(path).predict(x), model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.skipif(compat.KERAS_3, reason="Keras 3 reads Keras 3 files")
+def test_a_keras_3_file_on_the_reference_stack_is_refused_naming_the_current_stack(tmp_path):
+    path = tmp_path / "model.keras"
+    config = {"module": "keras", "class_name": "Sequential", "config": {"name": "s", "layers": []}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("model.weights.h5", b"")
+    with pytest.raises(TfmiError, match=r"saved by Keras 3: audit it on tfmi's current stack"):
+        load_model(path)

@@ -113,3 +113,11 @@ def other_stack_hint(file_major: int) -> str:
                 ">= 2.16; see the README's support table)")
     return ("it was saved by Keras 2: audit it on tfmi's reference stack (Python 3.11, TensorFlow 2.15; "
             "`make`), or export it as a SavedModel, which both stacks read")
+
+
+def rank(shape: Any) -> int | None:
+    """The number of dimensions of a Keras tensor's shape: a ``tf.TensorShape`` under Keras 2 (None when
+    unknown), a tuple under Keras 3."""
+    if isinstance(shape, tuple | list):
+        return len(shape)
+    return shape.rank

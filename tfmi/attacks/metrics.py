@@ -99,7 +99,7 @@ def check_membership(is_member: Any, n: int | None = None, what: str = "is_membe
         if not np.issubdtype(y.dtype, np.number):
             detail = f"dtype {y.dtype}"
         elif not np.all((y == 0) | (y == 1)):
-            detail = f"the value {y[(y != 0) & (y != 1)][0]!r}"
+            detail = f"the value {y[(y != 0) & (y != 1)][0].item()!r}"
         else:
             return y.astype(bool)
         raise TfmiError(

@@ -226,7 +226,7 @@ def _probabilities(values: np.ndarray, what: str, ndim: int) -> np.ndarray:
     values = values.astype(np.float64)
     if not np.all((values >= 0) & (values <= 1)):  # False for NaN too
         bad = values[~((values >= 0) & (values <= 1))][0]
-        raise TfmiError(f"{what} must be probabilities in [0, 1], found {bad!r}: pass the true-class "
+        raise TfmiError(f"{what} must be probabilities in [0, 1], found {bad.item()!r}: pass the true-class "
                         "probability p_y, not logits or losses")
     return values
 

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmi import compat
 from tfmi.data.dataset import check_features, check_labels
 from tfmi.errors import TfmiError
 from tfmi.inference import PREDICT_BATCH_SIZE, predict_in_batches
@@ -264,7 +265,7 @@ def _logits_and_outputs(model: keras.Model) -> Callable | None:
         trunk = keras.Model(model.inputs, layer.input)  # shares the model's layers and weights
     except (AttributeError, ValueError, TypeError, RuntimeError):
         return None
-    if len(trunk.outputs) != 1 or trunk.outputs[0].shape.rank != 2:
+    if len(trunk.outputs) != 1 or compat.rank(trunk.outputs[0].shape) != 2:
         return None
     if isinstance(layer, keras.layers.Softmax):
         if list(np.ravel(layer.axis)) not in ([-1], [1]):

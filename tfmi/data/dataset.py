@@ -69,7 +69,7 @@ def check_labels(y: np.ndarray, num_classes: int | None = None, what: str = "lab
             raise TfmiError(f"{what} contain NaN or infinity: remove or fix those rows")
         if not np.all(y == np.round(y)):
             bad = y[y != np.round(y)][0]
-            raise TfmiError(f"{what} must be integer class indices, found {bad!r}")
+            raise TfmiError(f"{what} must be integer class indices, found {bad.item()!r}")
     y = y.astype(np.int64)
     low, high = int(y.min()), int(y.max())
     if low < 0:
