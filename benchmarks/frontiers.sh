@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The privacy/utility frontiers of docs/frontiers.md (issue 11): every defense swept over its strength.
+#
+#   benchmarks/frontiers.sh SETTING [OUT_ROOT]     SETTING: location30-defaults | location30-paper | cifar10
+#
+# Each setting is one `tfmi benchmark` command; finished cells are cached under OUT_ROOT/SETTING, so
+# re-running continues where a run stopped. Data come from TFMI_DATA_DIR (default ../shared/data).
+# Cost on 2 CPU cores: results.json records each cell's seconds and the total.
+set -euo pipefail
+setting=${1:?usage: benchmarks/frontiers.sh location30-defaults|location30-paper|cifar10 [OUT_ROOT]}
+root=${2:-tfmi-frontiers}
+here=$(cd "$(dirname "$0")/.." && pwd)
+tfmi=${TFMI:-$here/.venv/bin/tfmi}
+export TFMI_DATA_DIR=${TFMI_DATA_DIR:-$here/../shared/data}
+
+common=(--attacks all --defenses none)
+case $setting in
+  location30-defaults)
+    args=(--dataset location30 --seeds 3 --shadows 8
+          --sweep mmd:mmd-weight=0.5,2,6.5,20 --sweep mmd-mixup:mmd-weight=0.5,2,6.5,20
+          --sweep dp-sgd:noise-multiplier=0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
+          --sweep relaxloss:relax-alpha=0.5,1,2) ;;
+  location30-paper)
+    args=(--dataset location30 --preset paper --seeds 3 --shadows 8
+          --sweep mmd:mmd-weight=0.1,0.5,2,6.5 --sweep mmd-mixup:mmd-weight=0.1,0.5,2,6.5
+          --sweep dp-sgd:noise-multiplier=0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
+          --sweep relaxloss:relax-alpha=0.5,1,2) ;;
+  cifar10)
+    args=(--dataset cifar10 --model cnn --target-size 5000 --epochs 30 --seeds 2 --shadows 4
+          --sweep mmd:mmd-weight=0.05,0.25,1 --sweep mmd-mixup:mmd-weight=0.05,0.25,1
+          --sweep dp-sgd:noise-multiplier=0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
+          --sweep relaxloss:relax-alpha=0.5,1,2) ;;
+  *) echo "unknown setting $setting" >&2; exit 2 ;;
+esac
+exec "$tfmi" benchmark "${common[@]}" "${args[@]}" --out "$root/$setting"
