@@ -108,7 +108,8 @@ def check_dp_model(model: Any) -> None:
         raise TfmiError(f"the model's last layer {last.name!r} applies softmax: DP-SGD here expects logits")
 
 
-def _conv2d_supported(layer: keras.layers.Conv2D) -> bool:
+def conv2d_fast_clippable(layer: keras.layers.Conv2D) -> bool:
+    """Whether ghost-norm clipping handles this Conv2D: channels-last, ungrouped, undilated."""
     return (
         layer.data_format == "channels_last"
         and getattr(layer, "groups", 1) == 1
@@ -132,7 +133,7 @@ def fast_clipping_blockers(model: keras.Model) -> list[str]:
         name = f"{layer.__class__.__name__} {layer.name!r}"
         if type(layer) not in (keras.layers.Dense, keras.layers.Conv2D):
             blockers.append(f"{name} (only Dense and Conv2D layers may hold trainable weights)")
-        elif isinstance(layer, keras.layers.Conv2D) and not _conv2d_supported(layer):
+        elif isinstance(layer, keras.layers.Conv2D) and not conv2d_fast_clippable(layer):
             blockers.append(f"{name} (only channels-last, ungrouped, undilated Conv2D is supported)")
         elif getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
             blockers.append(f"{name} (LoRA or quantized)")

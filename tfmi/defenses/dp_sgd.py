@@ -73,7 +73,12 @@ import tensorflow as tf
 
 from tfmi import compat
 from tfmi.defenses.config import DP_PATHS
-from tfmi.defenses.dp_native import NativeDPModel, check_dp_model, fast_clipping_blockers
+from tfmi.defenses.dp_native import (
+    NativeDPModel,
+    check_dp_model,
+    conv2d_fast_clippable,
+    fast_clipping_blockers,
+)
 from tfmi.errors import TfmiError
 
 __all__ = [
@@ -387,15 +392,6 @@ def _tfp() -> SimpleNamespace:
 # --------------------------------------------------------------------------------------------------
 
 
-def _conv2d_supported(layer: keras.layers.Conv2D) -> bool:
-    return (
-        layer.data_format == "channels_last"
-        and getattr(layer, "groups", 1) == 1
-        and tuple(layer.dilation_rate) == (1, 1)
-        and layer.padding in ("same", "valid")
-    )
-
-
 def _conv2d_layer_computation(layer, input_args, input_kwargs, tape, num_microbatches=None):
     """Registry function for ``Conv2D``: pre-activations, outputs, and per-example squared grad norms.
 
@@ -474,7 +470,7 @@ def _fast_clipping_blockers(model: keras.Model) -> list[str]:
             continue
         elif not registry.is_elem(layer):
             blockers.append(f"{name} (not in the fast-clipping registry)")
-        elif isinstance(layer, keras.layers.Conv2D) and not _conv2d_supported(layer):
+        elif isinstance(layer, keras.layers.Conv2D) and not conv2d_fast_clippable(layer):
             blockers.append(f"{name} (only channels-last, ungrouped, undilated Conv2D is supported)")
     return blockers
 
