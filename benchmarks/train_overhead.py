@@ -39,7 +39,7 @@ CONFIGURATIONS = [
     ("mmd paper", DefenseConfig("mmd", mmd_schedule="paper", **FORCED)),
     ("mmd-mixup paper", DefenseConfig("mmd-mixup", mmd_schedule="paper", **FORCED)),
     # the authors' MMD step: its own SGD, reference outputs recomputed for every MMD batch
-    ("mmd paper, authors' step", DefenseConfig("mmd", mmd_schedule="paper", mmd_optimizer="sgd",
+    ("mmd paper authors-step", DefenseConfig("mmd", mmd_schedule="paper", mmd_optimizer="sgd",
                                                reference_refresh="per_batch", **FORCED)),
     ("advreg", DefenseConfig("advreg")),
     ("relaxloss", DefenseConfig("relaxloss")),
