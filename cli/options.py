@@ -35,6 +35,9 @@ DEFENSE_OPTIONS = [
     ("--reference-refresh", "reference_refresh", click.Choice(["per_pass", "per_batch"]),
      "When the MMD pass computes the reference outputs: once per pass, or for every batch with the "
      "current weights (the authors')"),
+    ("--mmd-batches", "mmd_batches", click.Choice(["class_sorted", "shuffled"]),
+     "How the MMD pass batches the members: class-sorted (the CODASPY code) or shuffled, classes mixed "
+     "(the authors' later MIST code, and --preset paper)"),
     ("--target-gap", "target_gap", float,
      "Adapt lambda after each epoch so the train/reference accuracy gap settles here (never looks at "
      "the non-members; the lambda trajectory is recorded)"),

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tfmi.data import load_dataset, membership_split
 from tfmi.defenses.mixup import mixup_batch, sample_mixup
 from tfmi.defenses.mmd import ClassMatchedSampler, mmd2
-from tfmi.defenses.mmd_mixup import MMDMixupModel
+from tfmi.defenses.mmd_mixup import MMDMixupModel, mmd_pass_batches
 from tfmi.errors import TfmiError
 from tfmi.models import build_model
 
@@ -547,3 +547,23 @@ def test_bad_mmd_step_options_fail_at_construction(change, message):
     _, _, reference = _clusters()
     with pytest.raises(TfmiError, match=message):
         MMDMixupModel(_tiny(), reference, **change)
+
+
+@pytest.mark.parametrize("mode", ["class_sorted", "shuffled"])
+def test_mmd_pass_batches_cover_every_member_once_sorted_or_mixed(mode):
+    labels = np.repeat(np.arange(10), 30)  # 10 classes x 30 records, batches of 20
+    order, starts = mmd_pass_batches(labels, 20, mode, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(300)) and sorted(starts.tolist()) == list(range(0, 300, 20))
+    classes_per_batch = [len(np.unique(labels[order[s:s + 20]])) for s in starts]
+    if mode == "class_sorted":
+        assert max(classes_per_batch) <= 2
+    else:
+        assert min(classes_per_batch) >= 4  # 20 draws from 10 classes: many classes per batch
+
+
+def test_mmd_batches_option_is_checked_and_saved(digits):
+    data, split = digits
+    with pytest.raises(TfmiError, match="mmd_batches must be one of class_sorted, shuffled"):
+        _wrapper(data, split, mmd_batches="sorted")
+    model = _wrapper(data, split, mmd_batches="shuffled")
+    assert MMDMixupModel.from_config(model.get_config()).mmd_batches == "shuffled"

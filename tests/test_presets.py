@@ -108,9 +108,10 @@ def test_recipe_options_from_the_cli_reach_the_sidecar(tmp_path):
     result = run(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--target-size", "200",
                   "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.5", "--weight-decay", "1e-4",
                   "--lr-drop-at", "1", "--defense", "mmd", "--mmd-optimizer", "sgd",
-                  "--mmd-learning-rate", "0.02", "--out", out])
+                  "--mmd-learning-rate", "0.02", "--mmd-batches", "shuffled", "--out", out])
     assert result.exit_code == 0, result.output + result.stderr
     sidecar = json.loads((out / "tfmi.json").read_text())
+    assert sidecar["defense"]["mmd_batches"] == "shuffled"
     training = sidecar["training"]
     assert (training["optimizer"], training["learning_rate"], training["momentum"], training["weight_decay"],
             training["lr_milestones"]) == ("sgd", 0.05, 0.5, 1e-4, [1])
@@ -130,5 +131,5 @@ def test_benchmark_with_the_paper_preset_trains_every_row_with_the_recipe(shared
     assert recipe == ("mlp3", "sgd", 0.1, 100, 1)
     mmd = next(d for d in spec["defenses"] if d["name"] == "mmd")
     assert mmd["mmd_weight"] == 6.5 and mmd["mmd_optimizer"] == "sgd"
-    assert mmd["reference_refresh"] == "per_batch"
+    assert mmd["reference_refresh"] == "per_batch" and mmd["mmd_batches"] == "shuffled"
     assert spec["target_size"] == 1500

@@ -8,7 +8,9 @@ mixup as a baseline with the settings below) unless a note says otherwise:
   (``--target_l2_ratio``), batch size, epochs and the learning-rate ``--schedule`` (lr / 10 at each);
 * ``exp.py`` ``train_models``: SGD with momentum 0.9 for every dataset; the MMD steps
   (``user.py`` ``update_weights_mmd``) use the target's own SGD instance, separate from the one of
-  the cross-entropy steps, and recompute the reference outputs for every MMD batch;
+  the cross-entropy steps, and recompute the reference outputs for every MMD batch; their batches
+  come from the training partition in the random order ``np.random.choice`` drew it (``exp.py``
+  ``overall_train_loader_in_order``, ``shuffle=False``), so each mixes the classes;
 * ``model/target_model.py``: Location's tanh 1024-512-256 network (tfmi's ``mlp3``).
 
 Where tfmi's data differ from the authors', the size is stated in the preset's ``notes``: the
@@ -29,8 +31,10 @@ from tfmi.errors import TfmiError
 
 PRESET_NAMES = ("paper",)
 _MIST = "github.com/colaalex111/MIST"
-#: the MMD-step settings every recipe shares (MIST user.py update_weights_mmd): own SGD, fresh references
-_MMD_STEP = {"mmd_optimizer": "sgd", "reference_refresh": "per_batch"}
+#: the MMD-step settings every recipe shares (MIST user.py update_weights_mmd): own SGD, fresh references,
+#: and batches of the training partition in its drawn (random) order, classes mixed (exp.py
+#: overall_train_loader_in_order over np.random.choice's partition, shuffle=False)
+_MMD_STEP = {"mmd_optimizer": "sgd", "reference_refresh": "per_batch", "mmd_batches": "shuffled"}
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,8 @@ def plan_training(
 
         mmd_options = {}
         if name != "mixup":
-            mmd_options = {"reference_refresh": defense.reference_refresh, "target_gap": defense.target_gap}
+            mmd_options = {"reference_refresh": defense.reference_refresh, "mmd_batches": defense.mmd_batches,
+                           "target_gap": defense.target_gap}
             if defense.mmd_optimizer == "sgd":  # the authors' own optimizer for the MMD steps
                 mmd_options["mmd_optimizer"] = keras.optimizers.SGD(
                     defense.mmd_learning_rate or config.learning_rate, momentum=0.9)

@@ -21,7 +21,7 @@ DEFENSE_NAMES = (
 
 # which fields of DefenseConfig each defense reads (recorded in the model's sidecar)
 _MMD_FIELDS = ("mmd_weight", "mmd_schedule", "mmd_bandwidths", "gap_threshold", "mmd_optimizer",
-               "mmd_learning_rate", "reference_refresh", "target_gap")
+               "mmd_learning_rate", "reference_refresh", "mmd_batches", "target_gap")
 _RELEVANT = {
     "none": (),
     "mmd": _MMD_FIELDS,
@@ -75,10 +75,11 @@ _CHOICES = {
     "dp_path": DP_PATHS,
     "mmd_optimizer": ("shared", "sgd"),
     "reference_refresh": ("per_pass", "per_batch"),
+    "mmd_batches": ("class_sorted", "shuffled"),
 }
 # MMD options added later: recorded (to_dict) only when they differ from their default, so the records
 # of runs without them, and the benchmark cells keyed on those records, stay as they were
-_RECORDED_WHEN_SET = ("mmd_optimizer", "mmd_learning_rate", "reference_refresh", "target_gap")
+_RECORDED_WHEN_SET = ("mmd_optimizer", "mmd_learning_rate", "reference_refresh", "mmd_batches", "target_gap")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class DefenseConfig:
     mmd_optimizer: str = "shared"
     mmd_learning_rate: float | None = None
     reference_refresh: str = "per_pass"
+    mmd_batches: str = "class_sorted"
     target_gap: float | None = None
     # simple baselines
     l2: float = 1e-3
@@ -149,10 +151,10 @@ class DefenseConfig:
         if self.mmd_learning_rate is not None and self.mmd_optimizer != "sgd":
             raise TfmiError(f"{self.name}: mmd_learning_rate is the learning rate of mmd_optimizer sgd: "
                             "give --mmd-optimizer sgd too, or drop it")
-        pass_options = (self.mmd_optimizer, self.reference_refresh)
-        if self.mmd_schedule == "joint" and pass_options != ("shared", "per_pass"):
-            raise TfmiError(f"{self.name}: mmd_optimizer and reference_refresh set the paper schedule's MMD "
-                            "pass; the joint schedule has none")
+        pass_options = (self.mmd_optimizer, self.reference_refresh, self.mmd_batches)
+        if self.mmd_schedule == "joint" and pass_options != ("shared", "per_pass", "class_sorted"):
+            raise TfmiError(f"{self.name}: mmd_optimizer, reference_refresh and mmd_batches set the paper "
+                            "schedule's MMD pass; the joint schedule has none")
 
     def _checked(self, field: str, value):
         """``value`` of ``field`` after its range check (None kept where it means the default)."""
