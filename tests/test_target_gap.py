@@ -42,13 +42,19 @@ def _schedule(target_gap=0.2, mmd_weight=6.5):
     return model, schedule
 
 
-def test_controller_follows_the_documented_law_with_clipping_and_anti_windup():
-    gaps = [0.5, 0.45, 0.3, 0.2, 0.1, 0.15] + [0.99] * 40 + [0.15] + [0.0] * 200 + [0.3]
+def _lambdas_after(gaps: list[float]) -> list[float]:
+    """Lambda after each of the controller's steps on ``gaps``, from a fresh schedule."""
     model, schedule = _schedule()
     got = []
     for gap in gaps:
         schedule._control(gap)
         got.append(model.current_mmd_weight)
+    return got
+
+
+def test_controller_follows_the_documented_law_with_clipping_and_anti_windup():
+    gaps = [0.5, 0.45, 0.3, 0.2, 0.1, 0.15] + [0.99] * 40 + [0.15] + [0.0] * 200 + [0.3]
+    got = _lambdas_after(gaps)
     np.testing.assert_allclose(got, pi_trajectory(gaps, 0.2, 6.5), rtol=1e-5)
     assert got[45] == pytest.approx(1e4) and got[-2] == pytest.approx(1e-3)  # both bounds reached
     # one epoch on the other side of the target leaves a bound at once: no wound-up sum holds it there
@@ -57,11 +63,7 @@ def test_controller_follows_the_documented_law_with_clipping_and_anti_windup():
 
 def test_errors_are_summed_only_once_the_gap_has_reached_the_target():
     gaps = [0.02, 0.05, 0.1, 0.15, 0.25, 0.1, 0.1]
-    model, schedule = _schedule()
-    got = []
-    for gap in gaps:
-        schedule._control(gap)
-        got.append(model.current_mmd_weight)
+    got = _lambdas_after(gaps)
     np.testing.assert_allclose(got, pi_trajectory(gaps, 0.2, 6.5), rtol=1e-5)
     k_p, k_i = TARGET_GAP_GAINS
     np.testing.assert_allclose(got[:4], 6.5 * np.exp(k_p * (np.array(gaps[:4]) - 0.2)), rtol=1e-5)

@@ -7,8 +7,6 @@ both stacks. Each helper here names what differs, so a defense's ``train_step`` 
 >>> import keras
 >>> KERAS_3 == (int(keras.__version__.split(".")[0]) >= 3)
 True
->>> stack_name() in ("reference", "current")
-True
 """
 
 from __future__ import annotations
@@ -21,11 +19,6 @@ import tensorflow as tf
 KERAS_VERSION: str = keras.__version__
 #: True on the current stack (Keras 3), False on the reference stack (Keras 2, tf.keras 2.15)
 KERAS_3: bool = int(KERAS_VERSION.split(".")[0]) >= 3
-
-
-def stack_name() -> str:
-    """``"current"`` under Keras 3, ``"reference"`` under Keras 2 (the README's support table)."""
-    return "current" if KERAS_3 else "reference"
 
 
 def only_first_replica() -> Any:

@@ -475,10 +475,6 @@ def _fast_clipping_blockers(model: keras.Model) -> list[str]:
     return blockers
 
 
-def _check_model(model: Any) -> None:
-    check_dp_model(model)  # functional, one (batch, classes) logits output, no BatchNormalization
-
-
 def resolve_path(model: keras.Model, path: str = "auto") -> str:
     """The DP-SGD path :func:`make_dp_model` takes for ``model``: ``"auto"`` picks ``"fast"`` where it
     applies, else ``"dpmodel"`` (Keras 2) or ``"vectorized"`` (Keras 3, where every path but
@@ -496,7 +492,7 @@ def resolve_path(model: keras.Model, path: str = "auto") -> str:
     """
     if path not in PATHS:
         raise TfmiError(f"unknown DP-SGD path {path!r}: use one of {', '.join(PATHS)}")
-    _check_model(model)
+    check_dp_model(model)
     fallback = "vectorized" if compat.KERAS_3 else "dpmodel"
     if path not in ("auto", "fast"):
         return "vectorized" if compat.KERAS_3 else path

@@ -207,10 +207,9 @@ class MMDMixupModel(DefendedModel):
                 aggregation=compat.only_first_replica(),
             )
         self.mmd_tracker = keras.metrics.Mean(name="mmd")
-        # accuracies the training steps measure anyway, reused by the schedule's gap
-        if self.tracks_training_accuracy:
-            self.train_accuracy_tracker = keras.metrics.Mean(name="mmd_train_accuracy")
+        # joint schedule: accuracies its steps measure anyway, reused by the gate's gap
         if self.joint_mmd:
+            self.train_accuracy_tracker = keras.metrics.Mean(name="mmd_train_accuracy")
             self.reference_accuracy_tracker = keras.metrics.Mean(name="mmd_reference_accuracy")
 
     # --- reference set -------------------------------------------------------------------------
@@ -243,11 +242,6 @@ class MMDMixupModel(DefendedModel):
     def mixes_reference(self) -> bool:
         """Joint schedule with mixup on mixed outputs: reference batches are mixed like training ones."""
         return self.joint_mmd and self.mixup_alpha is not None and self.mmd_inputs == "mixed"
-
-    @property
-    def tracks_training_accuracy(self) -> bool:
-        """Whether train_step keeps the running accuracy the schedule's gap needs (free, no pass)."""
-        return self.joint_mmd
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -286,12 +280,11 @@ class MMDMixupModel(DefendedModel):
         self.loss_tracker.update_state(total)
         self.ce_tracker.update_state(ce)
         self.mmd_tracker.update_state(mmd)
-        if self.tracks_training_accuracy:
+        if self.joint_mmd:
             # accuracy of the batches MMD compares: clean, or (mixed reference) the dominant label
             compared = metric_labels if self.mixes_reference else y
             self.train_accuracy_tracker.update_state(_correct(mmd_outputs, compared))
-            if self.joint_mmd:
-                self.reference_accuracy_tracker.update_state(_correct(reference_probabilities, compared))
+            self.reference_accuracy_tracker.update_state(_correct(reference_probabilities, compared))
         compat.update_compiled_metrics(self, metric_labels, outputs)
         return compat.metric_results(self)
 
