@@ -127,7 +127,7 @@ def test_gap_attack_is_half_plus_half_the_generalization_gap(digits, split, targ
 
 def test_with_shadows_every_attack_produces_a_row(full_report, shadows, target):
     report = full_report
-    assert report.notes == []
+    assert [note.split(": a=")[0] for note in report.notes] == ["RMIA offline"]  # the tuned a
     assert report.num_shadows == 8
     assert report.shadow_train_accuracy == pytest.approx(float(np.mean(shadows.train_accuracy)))
     assert report.shadow_train_accuracy > report.shadow_test_accuracy  # the shadows overfit too

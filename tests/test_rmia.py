@@ -4,6 +4,8 @@ never sees the target, input checks, and `run_attacks` rows on a real digits tar
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -163,7 +165,7 @@ def test_two_shadows_tune_on_the_population_one_shadow_uses_the_default():
     one = RMIA(online=False).fit(shadow[:1, ~in_mask[0]], in_mask[:1, ~in_mask[0]], pop_target,
                                  pop_shadow[:1])
     assert one.offline_a_source_ == "default" and one.offline_a_ == DEFAULT_OFFLINE_A == 0.3
-    assert one.tuning_auc_ is None and one.name == "RMIA offline, a=0.3"
+    assert one.tuning_auc_ is None and one.name == two.name == "RMIA offline"  # a is fitted, not named
 
 
 # --- the binary-search count -----------------------------------------------------------------------
@@ -323,8 +325,10 @@ def test_run_attacks_rmia_rows_match_a_direct_computation(digits, split, target,
     population = split.reference
     report = run_attacks(target.model, digits, split.members, split.non_members, shadows=shadows,
                          population=population, attacks="loss,rmia")
-    rows = {r.attack.split(",")[0]: r for r in report.results if r.attack.startswith("RMIA")}
-    assert set(rows) == {"RMIA online", "RMIA offline"} and report.notes == []
+    rows = {r.attack: r for r in report.results if r.attack.startswith("RMIA")}
+    assert set(rows) == {"RMIA online", "RMIA offline"}
+    assert len(report.notes) == 1 and re.fullmatch(r"RMIA offline: a=[0-9.]+, tuned on the shadows",
+                                                   report.notes[0])
     # the same numbers from the models directly
     evaluated = np.r_[split.members, split.non_members]
     is_member = np.r_[np.ones(len(split.members), bool), np.zeros(len(split.non_members), bool)]
@@ -374,7 +378,7 @@ def test_run_attacks_offline_pool_is_the_default_population(digits, split, targe
                             num_shadows=2, seed=2)
     report = run_attacks(target.model, digits, split.members, split.non_members, shadows=offline,
                          attacks="rmia_offline")
-    assert [r.attack.split(",")[0] for r in report.results] == ["RMIA offline"]
+    assert [r.attack for r in report.results] == ["RMIA offline"]
     assert report.results[0].auc > 0.55
     with pytest.raises(TfmiError, match="RMIA online needs shadows"):
         run_attacks(target.model, digits, split.members, split.non_members, shadows=offline,

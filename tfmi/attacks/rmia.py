@@ -114,9 +114,7 @@ class RMIA:
         parts = [f"RMIA {'online' if self.online else 'offline'}"]
         if self.gamma != 1.0:
             parts.append(f"gamma={self.gamma:g}")
-        if not self.online and hasattr(self, "offline_a_"):
-            parts.append(f"a={self.offline_a_:g}")
-        return ", ".join(parts)
+        return ", ".join(parts)  # the fitted offline a is not part of the name: seeds may tune it apart
 
     def fit(
         self,

@@ -475,8 +475,10 @@ def _rmia(names, target, data, shadows, shadow_logits, evaluated, y_eval, signal
         rmia = RMIA(online=online).fit(shadow_probs, in_mask, population_target_probs,
                                        population_shadow_probs, population_in_mask=population_in)
         if not online and rmia.offline_a_source_ == "default":
-            notes.append(f"{rmia.name}: a is the default, not tuned (tuning needs 2 or more shadows and "
-                         "records each shadow did and did not train on)")
+            notes.append(f"{rmia.name}: a={rmia.offline_a_:g} is the default, not tuned (tuning needs 2 or "
+                         "more shadows and records each shadow did and did not train on)")
+        elif not online:
+            notes.append(f"{rmia.name}: a={rmia.offline_a_:g}, tuned on the shadows")
         probs = signals.true_class_probability
         results.append((rmia.evaluate(probs, is_member, **eval_kwargs), rmia.score_samples(probs)))
     return results
