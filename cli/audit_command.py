@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cli.options import data_dir_option
+from cli.options import MODEL_LIST, data_dir_option
 from tfmi.errors import TfmiError
 from tfmi.training_config import TRAIN_DEFAULTS
 
@@ -45,7 +45,7 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
                    "Shadows train on random halves of all audited records, members and non-members "
                    "(the online setting), so LiRA online can run.")
 @click.option("--shadow-model", default=None,
-              help="Zoo model for the shadows: mlp, cnn, alexnet or resnet20 [default: for a `tfmi "
+              help=f"Zoo model for the shadows: {MODEL_LIST} [default: for a `tfmi "
                    "train` directory its model, else mlp for flat features, cnn for images].")
 @click.option("--shadow-epochs", type=int, default=None,
               help=f"[default: a `tfmi train` directory's epochs, else {TRAIN_DEFAULTS['epochs']}].")

@@ -15,6 +15,7 @@ import click
 
 from cli.options import (
     DEFENSE_OPTIONS,
+    MODEL_LIST,
     data_dir_option,
     defense_parameter_options,
     defense_parameters,
@@ -33,7 +34,7 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
 @click.option("--label-column", default="label", show_default=True,
               help="Label column of a .csv dataset.")
 @click.option("--model", "model_name", default=None,
-              help="mlp, cnn, alexnet or resnet20 [default: the dataset's usual model].")
+              help=f"{MODEL_LIST} [default: the dataset's usual model].")
 @click.option("--defenses", default=DEFAULT_DEFENSES, show_default=True,
               help="Comma list of defenses (see `tfmi train --help`); their parameters are the "
                    "options below.")

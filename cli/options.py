@@ -3,6 +3,9 @@
 import click
 
 from tfmi.data.download import DATA_DIR_ENV
+from tfmi.training_config import MODEL_NAMES
+
+MODEL_LIST = ", ".join(MODEL_NAMES[:-1]) + " or " + MODEL_NAMES[-1]
 
 data_dir_option = click.option(
     "--data-dir",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_dir_option, defense_from_options, defense_options, recipe_options
+from cli.options import MODEL_LIST, data_dir_option, defense_from_options, defense_options, recipe_options
 from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_MODELS_DIR = Path("saved_models")
@@ -22,7 +22,7 @@ DEFAULT_MODELS_DIR = Path("saved_models")
 @click.option("--label-column", default="label", show_default=True,
               help="Label column of a .csv dataset.")
 @click.option("--model", "model_name", default=None,
-              help="mlp, cnn, alexnet or resnet20 [default: the dataset's usual model].")
+              help=f"{MODEL_LIST} [default: the dataset's usual model].")
 @click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
 @click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],

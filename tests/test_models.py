@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfmi.errors import TfmiError
-from tfmi.models import MODEL_NAMES, build_model
+from tfmi.models import MODEL_BUILDERS, MODEL_NAMES, build_model
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,8 @@ def test_l2_weight_decay_adds_a_loss_per_kernel():
     assert float(tf.add_n(decayed.losses)) == pytest.approx(expected, rel=1e-4)
     with pytest.raises(TfmiError, match="l2 weight decay"):
         build_model("mlp", (4,), 2, l2=-1.0)
+
+
+def test_the_keras_free_model_list_names_every_builder():
+    # the CLI's help lists MODEL_NAMES without importing Keras; it must be the zoo, in order
+    assert tuple(MODEL_BUILDERS) == MODEL_NAMES

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from tfmi.errors import TfmiError
+from tfmi.training_config import MODEL_NAMES
 
 layers = keras.layers
 
@@ -129,7 +130,6 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "alexnet": alexnet,
     "resnet20": resnet20,
 }
-MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
 
 
 def check_model_name(name: str) -> str:
