@@ -158,7 +158,10 @@ def _audit(model, signature, members, non_members, population, label_column, dat
     shadow_epochs = shadow_config.epochs if shadow_config else None
     source_of_population = population if population is not None else "the split's shadow pool"
     defense = recorded.get("defense") if shadow_defense == "recorded" else None
-    warnings = _overlap_warnings(data, member_idx, non_member_idx)
+    from tfmi.audit import overlap_warning
+
+    warning = overlap_warning(data, member_idx, non_member_idx)
+    warnings = [warning] if warning else []
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
 
@@ -297,19 +300,6 @@ def _data_from_files(loaded, members: Path, non_members: Path, population: Path 
         data, population_idx = append_records(data, read_arrays(population, label_column=label_column),
                                               f"population ({population})")
     return data, member_idx, non_member_idx, population_idx, f"{members} + {non_members}"
-
-
-def _overlap_warnings(data, member_idx: np.ndarray, non_member_idx: np.ndarray) -> list[str]:
-    """A warning when members and non-members share records: the attacks then measure little."""
-    from tfmi.audit import shared_records
-
-    shared = shared_records(data, member_idx, non_member_idx)
-    if not shared:
-        return []
-    share = min(1.0, shared / min(len(member_idx), len(non_member_idx)))
-    return [f"{shared} distinct records ({share:.0%} of the smaller set) are both members and "
-            "non-members: an attack cannot tell them apart, so the results understate the leak; "
-            "check the --members and --non-members files"]
 
 
 def _data_from_model_dir(model: Path, data_dir: str | None):

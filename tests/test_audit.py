@@ -347,3 +347,24 @@ def test_audit_signature_option_picks_among_several(trained, tmp_path):
     assert result.exit_code == 0, result.output
     saved = load_report(tmp_path / "b")
     assert saved["meta"]["signature"] == "probs" and saved["report"]["output_kind"] == "probabilities"
+
+
+def test_audit_function_notes_records_given_as_members_and_non_members():
+    import numpy as np
+
+    from tfmi.audit import audit
+    from tfmi.data import load_dataset
+    from tfmi.models import build_model
+
+    data = load_dataset("digits")
+    model = build_model("mlp", data.input_shape, data.num_classes, seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.x[:200], data.y[:200], epochs=2, verbose=0)
+    members, non_members = (data.x[:100], data.y[:100]), (data.x[100:200], data.y[100:200])
+    clean = audit(model, members, non_members, attacks="gap")
+    assert clean.notes == [] and [r.attack for r in clean.results][0] == "gap"
+    # 40 of the 100 non-members are members too: the report says so first, the attack still runs
+    mixed = (np.concatenate([data.x[:40], data.x[140:200]]), np.concatenate([data.y[:40], data.y[140:200]]))
+    report = audit(model, members, mixed, attacks="gap")
+    assert report.notes[0].startswith("40 distinct records (40% of the smaller set) are both members")
+    assert report.num_non_members == 100

@@ -30,3 +30,4 @@ def test_quick_start_example_runs_and_audits_the_defended_model():
     assert report.test_accuracy > 0.7  # the defended model still learns digits
     gap = next(r for r in report.results if r.attack == "gap")
     assert abs(gap.accuracy - (0.5 + report.generalization_gap / 2)) < 1e-12
+

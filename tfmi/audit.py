@@ -71,6 +71,22 @@ def shared_records(data: Dataset, first: np.ndarray, second: np.ndarray) -> int:
     return len(keys(first) & keys(second))
 
 
+def overlap_warning(data: Dataset, member_idx: np.ndarray, non_member_idx: np.ndarray) -> str | None:
+    """A warning when members and non-members share records (the attacks then measure little), else None.
+
+    >>> d = make_dataset(np.array([[0.0], [1.0], [0.0]]), [0, 1, 0])
+    >>> overlap_warning(d, np.array([0]), np.array([1, 2]))[:45]
+    '1 distinct records (100% of the smaller set) '
+    """
+    shared = shared_records(data, member_idx, non_member_idx)
+    if not shared:
+        return None
+    share = min(1.0, shared / min(len(member_idx), len(non_member_idx)))
+    return (f"{shared} distinct records ({share:.0%} of the smaller set) are both members and "
+            "non-members: an attack cannot tell them apart, so the results understate the leak; "
+            "check which records were given as members and which as non-members")
+
+
 def append_records(
     data: Dataset, records: tuple[Any, Any], name: str = "population"
 ) -> tuple[Dataset, np.ndarray]:
@@ -121,6 +137,8 @@ def audit(
         population: (x, y) records the model never trained on that an attacker may hold, for RMIA
             (never the non-members); without it RMIA is skipped.
         attack_options: passed on to `run_attacks` (``per_class``, ``flip``, ``bootstrap``, ...).
+
+    Records that are both members and non-members get a warning first in the report's ``notes``.
     """
     from tfmi.attacks.signals import model_outputs
 
@@ -136,5 +154,9 @@ def audit(
         config = shadow_config or TrainConfig(shadow_model or data.default_model, seed=seed)
         pool = np.concatenate([member_idx, non_member_idx])
         shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed)
-    return run_attacks(model, data, member_idx, non_member_idx, attacks=attacks, shadows=shadow_set,
-                       outputs=outputs, seed=seed, population=population_idx, **attack_options)
+    report = run_attacks(model, data, member_idx, non_member_idx, attacks=attacks, shadows=shadow_set,
+                         outputs=outputs, seed=seed, population=population_idx, **attack_options)
+    warning = overlap_warning(data, member_idx, non_member_idx)
+    if warning is not None:
+        report.notes.insert(0, warning)
+    return report
