@@ -21,14 +21,14 @@ CURRENT_STAMP := $(CURRENT_VENV)/.tfmi-installed
 $(STAMP): setup.cfg pyproject.toml constraints/reference.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "the reference stack needs Python 3.11 (tensorflow-privacy supports < 3.12); set PYTHON=/path/to/python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -c constraints/reference.txt -e '.[dev]'
+	$(BIN)/python -m pip install -c constraints/reference.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 $(CURRENT_STAMP): setup.cfg pyproject.toml constraints/current.txt
 	@test -n "$(CURRENT_PYTHON)" || { echo "the current stack needs Python 3.12 or 3.13: set CURRENT_PYTHON=/path/to/python3.12"; exit 1; }
 	@$(CURRENT_PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 12), (3, 13)) else "the current stack needs Python 3.12 or 3.13; set CURRENT_PYTHON=/path/to/python3.12")'
 	test -x $(CURRENT_BIN)/python || $(CURRENT_PYTHON) -m venv $(CURRENT_VENV)
-	$(CURRENT_BIN)/python -m pip install -c constraints/current.txt -e '.[dev]'
+	$(CURRENT_BIN)/python -m pip install -c constraints/current.txt -e '.[dev,ray]'
 	touch $(CURRENT_STAMP)
 
 demo: $(STAMP)

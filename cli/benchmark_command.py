@@ -19,6 +19,8 @@ from cli.options import (
     data_dir_option,
     defense_parameter_options,
     defense_parameters,
+    executor_from_options,
+    executor_options,
     recipe_options,
 )
 from tfmi.training_config import TRAIN_DEFAULTS
@@ -66,6 +68,7 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
                    "cached there: re-running the same command continues where it stopped.")
 @click.option("--force", is_flag=True,
               help="Discard results of a different benchmark in --out (only what tfmi wrote there).")
+@executor_options
 @defense_parameter_options
 def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, attacks, num_shadows, seeds,
               epochs, batch_size, learning_rate, preset, optimizer, momentum, weight_decay, lr_milestones,
@@ -78,7 +81,8 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
     privacy_utility.png, frontier.png and one ROC plot per row into --out. With no options it runs
     the embedded digits data in a few minutes; every --sweep value costs one such row. With
     --preset paper every row trains with the authors' recipe for the dataset, and the MMD rows with
-    their lambda and MMD-step settings (default defenses: none, theirs, dp-sgd).
+    their lambda and MMD-step settings (default defenses: none, theirs, dp-sgd). The cells run here,
+    as Ray tasks (--executor ray), or split over a job array (--shard I/N).
     """
     started = time.perf_counter()
     from tfmi.attacks.suite import parse_attacks
@@ -93,6 +97,14 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
     # every option is checked before the data is read, and all of them before --out is touched
     if seeds < 1:
         raise TfmiError(f"--seeds must be at least 1, got {seeds}")
+    executor_config, shard = executor_from_options(defense_values)
+    if shard is not None and force:
+        raise TfmiError("--force with --shard would discard the other shards' cells: start the benchmark "
+                        "afresh with one run of --force (or a new --out), then run the shards")
+    if executor_config.name == "ray":
+        from tfmi.executors import check_ray_installed
+
+        check_ray_installed()
     from cli.options import given, resolve_recipe
 
     recipe = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
@@ -130,51 +142,71 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
     epochs = spec.train.epochs
     out = check_output_dir(out or DEFAULT_OUT / f"{data.name}-{model_name}", "benchmark", force=force,
                            reuse=True)
-    with output_lock(out):
+    with output_lock(out, shared=shard is not None):
         store = CellStore(out)
         store.open(spec, force=force)
         cells = spec.cells()
         records = {c.key(): store.load(c) for c in cells}
-        todo = [c for c in cells if records[c.key()] is None]
+        mine = cells if shard is None else shard.select(cells)
+        todo = [c for c in mine if records[c.key()] is None]
         click.echo(f"benchmark {data.name} ({len(data)} records), {model_name}, {epochs} epochs; defenses "
                    f"{', '.join(spec.labels)}; {seeds} seed(s); {num_shadows} shadows per cell")
-        click.echo(f"cells     {len(cells)} ({len(cells) - len(todo)} cached in {out}, {len(todo)} to run)")
+        of_shard = "" if shard is None else f", shard {shard.text()} takes {len(mine)}"
+        cached = sum(r is not None for r in records.values())
+        click.echo(f"cells     {len(cells)} ({cached} cached in {out}{of_shard}, {len(todo)} to run)")
         if todo:
-            _run_cells(data, todo, store, records, num_shadows)
+            _run_cells(data, todo, store, records, num_shadows, executor_config)
+        if shard is not None:
+            left = sum(records[c.key()] is None for c in cells)
+            then = ("run the command without --shard to assemble the results" if not left
+                    else f"{left} left for the other shards")
+            click.echo(f"shard {shard.text()} done: {len(cells) - left} of {len(cells)} cells cached in "
+                       f"{out}; {then}")
+            return
         for cell in cells:  # the row's label follows the spec (records cached before labels had none)
             records[cell.key()]["label"] = cell.label
         _finish(spec, [records[c.key()] for c in cells], store, started, ran=len(todo))
 
 
-def _run_cells(data, todo, store, records, num_shadows) -> None:
-    import tensorflow as tf
+def _run_cells(data, todo, store, records, num_shadows, executor_config) -> None:
+    """Run the cells on the chosen executor, saving each as it finishes; the progress bar counts cells
+    and, when they run in this process, their shadows."""
+    from tfmi.benchmark import run_cell_task
+    from tfmi.executors import make_executor
 
-    from tfmi.benchmark import run_cell
-
-    tf.config.experimental.enable_op_determinism()
-    units_per_cell = num_shadows + 1
-    finished = 0
+    local = executor_config.name == "local"
+    units_per_cell = num_shadows + 1 if local else 1
+    finished = [0]
+    executor = make_executor(executor_config)
     try:
         with click.progressbar(length=len(todo) * units_per_cell, label="training and attacking",
                                file=sys.stderr, show_pos=True,
                                item_show_func=lambda c: c and f"{c.label} seed {c.seed}") as bar:
-            for cell in todo:
-                bar.update(0, cell)
-                done_shadows = [0]
+            shown = [0]  # units of the cell in progress already shown (its shadows, locally)
 
-                def shadow_progress(done, bar=bar, done_shadows=done_shadows):
-                    bar.update(done - done_shadows[0])
-                    done_shadows[0] = done
-
-                record = run_cell(data, cell, shadow_progress=shadow_progress)
+            def save(cell, record):
                 store.save(cell, record)
                 records[cell.key()] = record
-                finished += 1
-                bar.update(units_per_cell - done_shadows[0])
+                finished[0] += 1
+                bar.update(units_per_cell - shown[0], cell)
+                shown[0] = 0
+
+            def shadow_progress(done):
+                bar.update(done - shown[0])
+                shown[0] = done
+
+            def cell_with_progress(data, cell):  # in this process: the bar follows the shadows
+                bar.update(0, cell)
+                return run_cell_task(data, cell, shadow_progress=shadow_progress)
+
+            executor.map(cell_with_progress if local else run_cell_task, data, todo, on_done=save,
+                         describe=lambda c: f"cell {c.label} seed {c.seed}")
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {finished} more cell(s) saved in {store.out}; run the same command "
+        click.echo(f"\ninterrupted: {finished[0]} more cell(s) saved in {store.out}; run the same command "
                    "again to continue", err=True)
         raise click.exceptions.Exit(130) from None
+    finally:
+        executor.close()
 
 
 def _finish(spec, records, store, started, ran) -> None:

@@ -152,3 +152,44 @@ def resolve_recipe(preset_name: str | None, dataset: str, model_name: str | None
             settings[name] = tuple(value) if name == "lr_milestones" else value
     model = model_name or (preset.model if preset else None)
     return model, settings, preset
+
+
+def executor_options(command):
+    """Add where units run (--executor, --ray-address, per-task resources, --max-retries) and
+    --shard; defaults come from `tfmi.executors.ExecutorConfig`."""
+    from tfmi.executors import EXECUTOR_NAMES, ExecutorConfig
+
+    default = ExecutorConfig()
+    options = [
+        click.option("--executor", type=click.Choice(EXECUTOR_NAMES), default=default.name, show_default=True,
+                     help="Where the units run: in this process, or as Ray tasks (pip install "
+                          "'tfmi[ray]'), on the cluster at --ray-address or else on a private one on "
+                          "127.0.0.1 with this machine's CPUs."),
+        click.option("--ray-address", default=default.address,
+                     help="A running Ray cluster to join (as `ray start --head` prints, or auto) "
+                          "[default: start a private one on 127.0.0.1]."),
+        click.option("--cpus-per-task", type=float, default=default.cpus_per_task, show_default=True,
+                     help="CPUs each Ray task asks for."),
+        click.option("--gpus-per-task", type=float, default=default.gpus_per_task, show_default=True,
+                     help="GPUs each Ray task asks for (fractions share a GPU)."),
+        click.option("--max-retries", type=int, default=default.max_retries, show_default=True,
+                     help="Times Ray reruns a task whose worker died."),
+        click.option("--shard", default=None, metavar="I/N",
+                     help="Run only units I, I+N, I+2N, ... (0 <= I < N) into a shared --out, as one "
+                          "task of a job array (Slurm, Kubernetes); then run the command without --shard "
+                          "to assemble the results from the cache."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def executor_from_options(values: dict):
+    """(ExecutorConfig, Shard or None) from the CLI values of `executor_options`, popped from ``values``."""
+    from tfmi.executors import ExecutorConfig, Shard
+
+    shard = values.pop("shard")
+    config = ExecutorConfig(values.pop("executor"), address=values.pop("ray_address"),
+                            cpus_per_task=values.pop("cpus_per_task"),
+                            gpus_per_task=values.pop("gpus_per_task"), max_retries=values.pop("max_retries"))
+    return config, (Shard.parse(shard) if shard is not None else None)

@@ -384,6 +384,17 @@ def run_cell(
     }
 
 
+def run_cell_task(
+    data: Dataset, cell: Cell, shadow_progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """`run_cell` as a unit of a `tfmi.executors` executor: with TensorFlow's deterministic ops, so a
+    cell gives the same record (but its ``seconds``) wherever it runs: locally, on Ray, in a shard."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    return run_cell(data, cell, shadow_progress=shadow_progress)
+
+
 def rmia_population(split) -> np.ndarray | None:
     """RMIA's population in a benchmark: the split's shadow pool, records the attacker holds that the
     target never saw (not the reference set, whose outputs the MMD defense trains against)."""

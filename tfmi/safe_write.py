@@ -282,12 +282,14 @@ def _check_can_create(folder: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` (a ``flock`` on ``.<name>.tfmi-lock`` beside it).
+def output_lock(out: str | os.PathLike, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (a ``flock`` on ``.<name>.tfmi-lock`` beside it), or with
+    ``shared`` a shared one: job-array shards of one benchmark write their own cells into one ``out``
+    together, while a run that writes the results (or another benchmark) waits for all of them.
 
-    A second process asking for the same ``out`` gets a `TfmiError` at once, naming the holder's
-    pid. The lock file is removed on release; a process that locked a file someone else removed
-    meanwhile notices (the path no longer names its file) and locks the new one instead.
+    A process asking for a lock that conflicts gets a `TfmiError` at once, naming the holder's
+    pid. The last holder removes the lock file on release; a process that locked a file someone else
+    removed meanwhile notices (the path no longer names its file) and locks the new one instead.
     Parent folders created here are removed again if the block fails and leaves them empty.
     """
     out = Path(out)
@@ -297,7 +299,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
         return
     created = _make_parents(out.parent)
     path = out.parent / f".{out.name}{LOCK_SUFFIX}"
-    fd = _acquire(path, out)
+    fd = _acquire(path, out, shared)
     _HELD.add(key)
     failed = True
     try:
@@ -305,21 +307,28 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
         failed = False
     finally:
         _HELD.discard(key)
-        with contextlib.suppress(OSError):
-            path.unlink()
+        last = True
+        if shared:  # other shards may still hold it: only the last one out removes the file
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                last = False
+        if last:
+            with contextlib.suppress(OSError):
+                path.unlink()
         os.close(fd)
         if failed:
             _remove_empty(created)
 
 
-def _acquire(path: Path, out: Path) -> int:
+def _acquire(path: Path, out: Path, shared: bool = False) -> int:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         except OSError as error:
             raise TfmiError(f"cannot lock {out}: {error.strerror or error}; choose another --out") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -330,8 +339,11 @@ def _acquire(path: Path, out: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if not shared:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            elif not os.pread(fd, 1, 0):  # the first shard names itself; the others leave it
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)  # the holder released and removed it between our open and flock: try again
 

@@ -1,4 +1,4 @@
-"""One check for numeric parameters, shared by every layer (it imports nothing from tfmi but errors)."""
+"""Checks for numeric parameters and counts, shared by every layer (imports nothing from tfmi but errors)."""
 
 from __future__ import annotations
 
@@ -79,3 +79,14 @@ def check_number(
                                 integer=integer)
         raise TfmiError(f"{name} must be {wanted}, got {value!r}" + (f" ({hint})" if hint else ""))
     return number
+
+
+def check_count(value: Any, what: str, minimum: int) -> int:
+    """``value`` as an int when it is a whole number (not a bool) >= ``minimum``, else a `TfmiError`.
+
+    >>> check_count(3, "shadows", 1)
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise TfmiError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

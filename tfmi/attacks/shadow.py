@@ -45,15 +45,10 @@ from tfmi.errors import TfmiError
 from tfmi.inference import PREDICT_BATCH_SIZE, predict_in_batches
 from tfmi.models import build_model
 from tfmi.training import TrainConfig, plan_training
+from tfmi.validation import check_count
 
 #: zoo networks the batched path trains (defense "none" only)
 BATCHED_MODELS = ("mlp", "cnn")
-
-
-def _check_count(value, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise TfmiError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def sample_shadow_masks(num_records: int, num_shadows: int, seed: int = 0) -> np.ndarray:
@@ -70,8 +65,8 @@ def sample_shadow_masks(num_records: int, num_shadows: int, seed: int = 0) -> np
     >>> bool(np.array_equal(m, sample_shadow_masks(1000, 16, seed=1)))
     True
     """
-    n = _check_count(num_records, "the number of records", 1)
-    k = _check_count(num_shadows, "the number of shadows", 1)
+    n = check_count(num_records, "the number of records", 1)
+    k = check_count(num_shadows, "the number of shadows", 1)
     rng = np.random.default_rng(seed)
     in_count = np.full(n, k // 2)
     if k % 2:
@@ -319,7 +314,7 @@ def train_shadows(
                              (defense, DefenseConfig, "DefenseConfig(name, ...)")):
         if not isinstance(value, kind):
             raise TfmiError(f"expected a {kind.__name__}, got {type(value).__name__}: make one with {fix}")
-    k = _check_count(num_shadows, "the number of shadows", 1)
+    k = check_count(num_shadows, "the number of shadows", 1)
     pool = _check_pool(pool, len(data))
     if masks is None:
         masks = sample_shadow_masks(len(pool), k, seed)
