@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cli.options import MODEL_LIST, data_dir_option
+from cli.options import MODEL_LIST, data_dir_option, executor_from_options, executor_options
 from tfmi.errors import TfmiError
 from tfmi.training_config import TRAIN_DEFAULTS
 
@@ -54,6 +54,10 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
 @click.option("--shadow-lr", type=float, default=None,
               help="Shadows' learning rate "
                    f"[default: as recorded, else {TRAIN_DEFAULTS['learning_rate']:g}].")
+@click.option("--shadows-per-task", type=click.IntRange(min=1), default=None,
+              help="Train the shadows in chunks of this many, each one unit of --executor (e.g. 1 or 2 "
+                   "per Ray task) [default: all in one piece]. Batched (undefended mlp/cnn) shadows "
+                   "depend on the chunking; the executor does not change them.")
 @click.option("--shadow-defense", type=click.Choice(["recorded", "none"]), default="recorded",
               show_default=True,
               help="For a `tfmi train` directory: train the shadows with the target's recorded defense "
@@ -74,9 +78,11 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
               help="DANGEROUS: skip the checks that stop a model file from running code on this machine "
                    "(Lambda layers, classes from other modules, SavedModel ops that touch files, network or "
                    "Python). Only for files you trust as you trust a script; recorded in the report.")
+@executor_options(shards=False)
 def audit(model, signature, members, non_members, population, label_column, data_dir, outputs, attacks,
-          num_shadows, shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadow_defense, per_class,
-          learned_classifier, bootstrap, flip, seed, out, force, unsafe_load) -> None:
+          num_shadows, shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadows_per_task,
+          shadow_defense, per_class, learned_classifier, bootstrap, flip, seed, out, force, unsafe_load,
+          **executor_values) -> None:
     """Audit MODEL for membership leakage and write a report (report.json, report.md, exposure.csv, plots).
 
     MODEL is a SavedModel directory, a `tfmi train` model directory, or a .keras / .h5 file. The
@@ -103,6 +109,14 @@ def audit(model, signature, members, non_members, population, label_column, data
     if population is not None and members is None:
         raise TfmiError("--population goes with --members and --non-members; a `tfmi train` directory "
                         "uses its split's shadow pool")
+    executor_config, _ = executor_from_options(executor_values)
+    chunked = executor_config.name != "local" or shadows_per_task is not None
+    if chunked and num_shadows == 0:
+        raise TfmiError("--executor ray and --shadows-per-task run shadow training: pass --shadows K too")
+    if executor_config.name == "ray":
+        from tfmi.executors import check_ray_installed
+
+        check_ray_installed()
     given = {k: v for k, v in (("epochs", shadow_epochs), ("batch_size", shadow_batch_size),
                                ("learning_rate", shadow_lr)) if v is not None}
     TrainConfig(shadow_model or "mlp", seed=seed, **given)  # shadow options, checked even without shadows
@@ -116,12 +130,13 @@ def audit(model, signature, members, non_members, population, label_column, data
         check_output_dir(out, "audit", force=force)  # again: another run may have finished meanwhile
         _audit(model, signature, members, non_members, population, label_column, data_dir, outputs,
                attacks, num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier,
-               bootstrap, flip, seed, out, force, unsafe_load)
+               bootstrap, flip, seed, out, force, unsafe_load, executor_config if chunked else None,
+               shadows_per_task)
 
 
 def _audit(model, signature, members, non_members, population, label_column, data_dir, outputs, attacks,
            num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap, flip,
-           seed, out, force, unsafe_load) -> None:
+           seed, out, force, unsafe_load, executor_config, shadows_per_task) -> None:
     from tfmi.model_loading import load_model
     from tfmi.models import check_model_name
     from tfmi.training import TrainConfig
@@ -184,8 +199,13 @@ def _audit(model, signature, members, non_members, population, label_column, dat
         with_defense = f" with defense {defense.name}" if defense is not None else ""
         click.echo(f"training   {num_shadows} {shadow_config.model} shadows{with_defense} on random "
                    f"halves of the {len(pool)} audited records ({shadow_epochs} epochs) ...")
-        shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed,
-                                defense=defense)
+        if executor_config is None:
+            shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed,
+                                    defense=defense)
+        else:
+            shadows = _train_shadows_in_chunks(executor_config, data, pool, shadow_config, member_idx,
+                                               non_member_idx, population_idx, flip, num_shadows, seed,
+                                               shadows_per_task, defense)
 
     from tfmi.attacks.suite import run_attacks
 
@@ -300,6 +320,27 @@ def _data_from_files(loaded, members: Path, non_members: Path, population: Path 
         data, population_idx = append_records(data, read_arrays(population, label_column=label_column),
                                               f"population ({population})")
     return data, member_idx, non_member_idx, population_idx, f"{members} + {non_members}"
+
+
+def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, non_member_idx, population_idx,
+                             flip, num_shadows, seed, per_task, defense):
+    """The shadows in chunks on the chosen executor, with a progress bar over the chunks."""
+    from tfmi.attacks.shadow import shadow_chunks
+    from tfmi.attacks.suite import shadow_queries
+    from tfmi.audit import train_shadows_on
+    from tfmi.executors import make_executor
+
+    queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
+    chunks = shadow_chunks(num_shadows, per_task)
+    executor = make_executor(executor_config)
+    try:
+        with click.progressbar(length=num_shadows, label=f"shadows ({len(chunks)} units, {executor.name})",
+                               file=sys.stderr, show_pos=True) as bar:
+            return train_shadows_on(executor, data, pool, config, queries, num_shadows=num_shadows, seed=seed,
+                                    per_task=per_task, defense=defense,
+                                    on_done=lambda chunk, _: bar.update(chunk[1] - chunk[0]))
+    finally:
+        executor.close()
 
 
 def _data_from_model_dir(model: Path, data_dir: str | None):

@@ -154,9 +154,11 @@ def resolve_recipe(preset_name: str | None, dataset: str, model_name: str | None
     return model, settings, preset
 
 
-def executor_options(command):
-    """Add where units run (--executor, --ray-address, per-task resources, --max-retries) and
-    --shard; defaults come from `tfmi.executors.ExecutorConfig`."""
+def executor_options(command=None, *, shards: bool = True):
+    """Add where units run (--executor, --ray-address, per-task resources, --max-retries) and, with
+    ``shards``, --shard; defaults come from `tfmi.executors.ExecutorConfig`."""
+    if command is None:
+        return lambda command: executor_options(command, shards=shards)
     from tfmi.executors import EXECUTOR_NAMES, ExecutorConfig
 
     default = ExecutorConfig()
@@ -174,11 +176,12 @@ def executor_options(command):
                      help="GPUs each Ray task asks for (fractions share a GPU)."),
         click.option("--max-retries", type=int, default=default.max_retries, show_default=True,
                      help="Times Ray reruns a task whose worker died."),
+    ] + ([] if not shards else [
         click.option("--shard", default=None, metavar="I/N",
                      help="Run only units I, I+N, I+2N, ... (0 <= I < N) into a shared --out, as one "
                           "task of a job array (Slurm, Kubernetes); then run the command without --shard "
                           "to assemble the results from the cache."),
-    ]
+    ])
     for option in reversed(options):
         command = option(command)
     return command
@@ -188,7 +191,7 @@ def executor_from_options(values: dict):
     """(ExecutorConfig, Shard or None) from the CLI values of `executor_options`, popped from ``values``."""
     from tfmi.executors import ExecutorConfig, Shard
 
-    shard = values.pop("shard")
+    shard = values.pop("shard", None)
     config = ExecutorConfig(values.pop("executor"), address=values.pop("ray_address"),
                             cpus_per_task=values.pop("cpus_per_task"),
                             gpus_per_task=values.pop("gpus_per_task"), max_retries=values.pop("max_retries"))

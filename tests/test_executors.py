@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,7 @@ def ray_cluster():
     """A private Ray on 127.0.0.1 with 2 CPUs for this module, or a skip saying why it cannot start."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tfmi[ray]')")
+    warnings.filterwarnings("ignore", ".*accelerator visible devices.*", FutureWarning)  # Ray's notice
     try:
         # the workers import this module's task functions: give them the tests folder too
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
@@ -260,3 +262,97 @@ def test_benchmark_on_ray_gives_the_local_cells(ray_cluster, local_cells, tmp_pa
     assert result.exit_code == 0, result.output
     assert cells_of(out) == local_cells
     assert (out / "results.json").exists()
+
+
+# ------------------------------------------------------------------------- audits: shadows in chunks
+
+
+@pytest.fixture(scope="module")
+def digits_pool():
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmi.data import load_dataset
+
+    tf.config.experimental.enable_op_determinism()  # as every executor unit runs
+    data = load_dataset("digits")
+    pool = np.arange(120)
+    return data, pool, np.arange(60), np.arange(60, 120)
+
+
+def test_shadows_trained_in_chunks_answer_like_shadows_trained_in_one_piece(digits_pool):
+    import numpy as np
+
+    from tfmi.attacks.shadow import assemble_shadows, train_shadow_outputs, train_shadows
+    from tfmi.attacks.suite import run_attacks, shadow_queries
+    from tfmi.defenses.config import DefenseConfig
+    from tfmi.models import build_model
+    from tfmi.training import TrainConfig
+
+    data, pool, members, non_members = digits_pool
+    queries = shadow_queries(data, pool, members, non_members, population=np.arange(120, 150))
+    config = TrainConfig("mlp", epochs=2)
+    # shadows trained one by one (a defense) depend only on their own seed: any chunking gives them
+    l2 = DefenseConfig("l2")
+    whole = train_shadows(data, pool, config, num_shadows=4, seed=3, defense=l2)
+    parts = [train_shadow_outputs(data, pool, config, queries, num_shadows=4, seed=3, chunk=c, defense=l2)
+             for c in ((2, 4), (0, 1), (1, 2))]
+    chunked = assemble_shadows(data, pool, config, queries, num_shadows=4, seed=3, parts=parts, defense=l2)
+    assert np.array_equal(chunked.logits(data.x[pool]), whole.logits(data.x[pool]))
+    assert np.array_equal(chunked.masks, whole.masks) and chunked.seeds == whole.seeds
+    assert np.array_equal(chunked.train_accuracy, whole.train_accuracy)
+    # batched shadows: the one chunk 0..K is the whole batched set, and the attacks read it alike
+    batched = train_shadows(data, pool, config, num_shadows=4, seed=3)
+    one = assemble_shadows(data, pool, config, queries, num_shadows=4, seed=3, parts=[
+        train_shadow_outputs(data, pool, config, queries, num_shadows=4, seed=3, chunk=(0, 4))])
+    assert np.array_equal(one.logits(queries), batched.logits(queries))
+    model = build_model("mlp", data.input_shape, data.num_classes, seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.x[members], data.y[members], epochs=3, verbose=0)
+    kwargs = {"attacks": "loss,lira_online,rmia_online", "population": np.arange(120, 150), "seed": 0}
+    live = run_attacks(model, data, members, non_members, shadows=batched, **kwargs)
+    stored = run_attacks(model, data, members, non_members, shadows=one, **kwargs)
+    assert live.to_dict() == stored.to_dict()
+    # what the stored outputs cannot answer is refused, not guessed
+    with pytest.raises(TfmiError, match="kept only their outputs"):
+        one.logits(data.x[500:502])
+    with pytest.raises(TfmiError, match="only their outputs came back"):
+        one.shadow_model(0)
+    with pytest.raises(TfmiError, match=r"do not tile the 4 shadows"):
+        assemble_shadows(data, pool, config, queries, num_shadows=4, seed=3, parts=parts[:2])
+    with pytest.raises(TfmiError, match="shadow chunk 3:5 is not within the 4 shadows"):
+        train_shadows(data, pool, config, num_shadows=4, seed=3, chunk=(3, 5))
+
+
+def test_audit_shadows_on_ray_equal_the_same_chunks_trained_here(ray_cluster, digits_pool):
+    import numpy as np
+
+    from tfmi.attacks.suite import shadow_queries
+    from tfmi.audit import audit, train_shadows_on
+    from tfmi.training import TrainConfig
+
+    data, pool, members, non_members = digits_pool
+    queries = shadow_queries(data, pool, members, non_members)
+    config = TrainConfig("mlp", epochs=2)
+    here = train_shadows_on(LocalExecutor(), data, pool, config, queries, num_shadows=4, seed=1, per_task=2)
+    finished = []
+    executor = RayExecutor(ExecutorConfig("ray"))
+    there = train_shadows_on(executor, data, pool, config, queries, num_shadows=4, seed=1, per_task=2,
+                             on_done=lambda chunk, outputs: finished.append(chunk))
+    assert sorted(finished) == [(0, 2), (2, 4)]
+    assert np.array_equal(here.logits(queries), there.logits(queries))
+    # through tfmi.audit.audit: the report of Ray-trained chunks is the report of local ones
+    def model(batch):  # a fixed "classifier": the first 10 pixels as logits
+        return np.asarray(batch).reshape(len(batch), -1)[:, :10]
+
+    reports = [audit(model, (data.x[members], data.y[members]), (data.x[non_members], data.y[non_members]),
+                     attacks="loss,lira_online", shadows=4, shadow_config=config, seed=1, shadows_per_task=2,
+                     executor=chosen) for chosen in (ExecutorConfig(), ExecutorConfig("ray"))]
+    assert reports[0].to_dict() == reports[1].to_dict()
+
+
+def test_audit_cli_refuses_chunk_options_without_shadows(tmp_path):
+    result = run(["audit", tmp_path / "m.keras", "--members", tmp_path / "a.npz", "--non-members",
+                  tmp_path / "b.npz", "--shadows-per-task", "2", "--out", tmp_path / "out"], catch=True)
+    assert result.exit_code == 2 and "pass --shadows K too" in result.output
+    assert not (tmp_path / "out").exists()

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from tfmi.attacks.suite import AttackReport, run_attacks
+from tfmi.attacks.suite import AttackReport, run_attacks, shadow_queries
 from tfmi.data.dataset import Dataset, check_features, check_labels, make_dataset
+from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
+from tfmi.executors import ExecutorConfig, LocalExecutor, RayExecutor, make_executor
 from tfmi.training import TrainConfig
 
 
@@ -111,6 +113,45 @@ def append_records(
     return combined, added
 
 
+def _shadow_chunk_task(shared: tuple, chunk: tuple[int, int]):
+    """One chunk of shadows as an executor unit, with deterministic ops (the same outputs anywhere)."""
+    import tensorflow as tf
+
+    from tfmi.attacks.shadow import train_shadow_outputs
+
+    data, pool, config, queries, num_shadows, seed, defense = shared
+    tf.config.experimental.enable_op_determinism()
+    return train_shadow_outputs(data, pool, config, queries, num_shadows=num_shadows, seed=seed, chunk=chunk,
+                                defense=defense)
+
+
+def train_shadows_on(
+    executor: LocalExecutor | RayExecutor, data: Dataset, pool: np.ndarray, config: TrainConfig,
+    queries: np.ndarray, *, num_shadows: int, seed: int, per_task: int | None = None,
+    defense: DefenseConfig | None = None, on_done=None,
+):
+    """`tfmi.attacks.shadow.train_shadows`, in chunks of ``per_task`` shadows (None: one chunk) run by
+    ``executor`` (`tfmi.executors`); the chunks send back their logits on ``queries`` only
+    (`tfmi.attacks.suite.shadow_queries`), which is all the attacks ask the shadows about.
+    ``on_done(chunk, outputs)`` follows the chunks as they finish. The shadows are the same whichever
+    executor trains them; with batched (undefended mlp/cnn) shadows they depend on ``per_task``.
+
+    >>> from tfmi.data import load_dataset
+    >>> data = load_dataset("digits")
+    >>> shadows = train_shadows_on(LocalExecutor(), data, np.arange(64), TrainConfig("mlp", epochs=1),
+    ...                            data.x[:64], num_shadows=4, seed=0, per_task=2)
+    >>> shadows.logits(data.x[:5]).shape
+    (4, 5, 10)
+    """
+    from tfmi.attacks.shadow import assemble_shadows, shadow_chunks
+
+    parts = executor.map(_shadow_chunk_task, (data, pool, config, queries, num_shadows, seed, defense),
+                         shadow_chunks(num_shadows, per_task), on_done=on_done,
+                         describe=lambda chunk: f"shadows {chunk[0]}..{chunk[1] - 1}")
+    return assemble_shadows(data, pool, config, queries, num_shadows=num_shadows, seed=seed, parts=parts,
+                            defense=defense)
+
+
 def audit(
     model: Any,
     members: tuple[Any, Any],
@@ -123,6 +164,8 @@ def audit(
     outputs: str = "auto",
     seed: int = 0,
     population: tuple[Any, Any] | None = None,
+    executor: ExecutorConfig | None = None,
+    shadows_per_task: int | None = None,
     **attack_options: Any,
 ) -> AttackReport:
     """Attack ``model`` on ``members`` (x, y), which it trained on, and ``non_members`` (x, y).
@@ -136,6 +179,8 @@ def audit(
             or ``mlp`` for vectors and ``cnn`` for images, 30 epochs, Adam 1e-3).
         population: (x, y) records the model never trained on that an attacker may hold, for RMIA
             (never the non-members); without it RMIA is skipped.
+        executor, shadows_per_task: train the shadows in chunks of ``shadows_per_task`` on an executor
+            (e.g. ``ExecutorConfig("ray")``; see `train_shadows_on`); default: here, in one piece.
         attack_options: passed on to `run_attacks` (``per_class``, ``flip``, ``bootstrap``, ...).
 
     Records that are both members and non-members get a warning first in the report's ``notes``.
@@ -153,7 +198,17 @@ def audit(
 
         config = shadow_config or TrainConfig(shadow_model or data.default_model, seed=seed)
         pool = np.concatenate([member_idx, non_member_idx])
-        shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed)
+        if executor is None and shadows_per_task is None:
+            shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed)
+        else:
+            queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx,
+                                     flip=bool(attack_options.get("flip")))
+            runner = make_executor(executor or ExecutorConfig())
+            try:
+                shadow_set = train_shadows_on(runner, data, pool, config, queries, num_shadows=shadows,
+                                              seed=seed, per_task=shadows_per_task)
+            finally:
+                runner.close()
     report = run_attacks(model, data, member_idx, non_member_idx, attacks=attacks, shadows=shadow_set,
                          outputs=outputs, seed=seed, population=population_idx, **attack_options)
     warning = overlap_warning(data, member_idx, non_member_idx)

@@ -16,6 +16,7 @@ only the units still in flight.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,15 @@ class RayExecutor:
         self.config = config
         self._started = False
         if not ray.is_initialized():
+            self._start(ray, config)
+            self._started = True
+
+    @staticmethod
+    def _start(ray, config: ExecutorConfig) -> None:
+        with warnings.catch_warnings():
+            # Ray's notice of a future change for tasks without GPUs; until then it hides the GPUs
+            # from them, which is what a CPU task wants
+            warnings.filterwarnings("ignore", ".*accelerator visible devices.*", FutureWarning)
             try:
                 if config.address is not None:
                     ray.init(address=config.address, log_to_driver=False)
@@ -156,7 +166,6 @@ class RayExecutor:
                 where = config.address or "a local cluster on 127.0.0.1"
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise TfmiError(f"cannot start Ray on {where}: {first}") from None
-            self._started = True
 
     def map(self, fn: Fn, shared: Any, units: Iterable[Any], on_done: OnDone | None = None,
             describe: Callable[[Any], str] = repr) -> list[Any]:

@@ -223,6 +223,7 @@ class ShadowSet:
     _network: object = field(default=None, repr=False)  # _StackedDense | _ParallelModels
     _models: list = field(default_factory=list, repr=False)  # sequential: one Keras model per shadow
     _build: tuple = field(default=(), repr=False)  # (input_shape, num_classes) for shadow_model
+    _stored: tuple | None = field(default=None, repr=False)  # (row key -> index, (K, n, C) logits)
 
     @property
     def num_shadows(self) -> int:
@@ -231,16 +232,31 @@ class ShadowSet:
     def logits(self, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
         """Logits of every shadow on ``x``: shape ``(K, n, num_classes)``, float32."""
         x = check_features(x)
+        if self._stored is not None:
+            return self._stored_logits(x)
         if self._network is not None:
             chunks = [self._network(tf.constant(x[s:s + batch_size]), training=False).numpy()
                       for s in range(0, len(x), batch_size)]
             return np.concatenate(chunks, axis=1)
         return np.stack([predict_in_batches(m, x, batch_size) for m in self._models])
 
+    def _stored_logits(self, x: np.ndarray) -> np.ndarray:
+        index, table = self._stored
+        try:
+            rows = [index[row.tobytes()] for row in _row_keys(x)]
+        except KeyError:
+            raise TfmiError("these shadows were trained in chunks elsewhere and kept only their outputs on "
+                            "the records they were asked about: ask about those records, or train the "
+                            "shadows in this process") from None
+        return table[:, rows]
+
     def shadow_model(self, k: int) -> keras.Model:
         """Shadow ``k`` as a plain zoo Keras model (logits)."""
         if not 0 <= k < self.num_shadows:
             raise TfmiError(f"shadow index {k} out of range: there are {self.num_shadows} shadows")
+        if self._stored is not None:
+            raise TfmiError("these shadows were trained in chunks elsewhere: only their outputs came back, "
+                            "not their models")
         if self._network is None:
             return self._models[k]
         if isinstance(self._network, _ParallelModels):
@@ -248,6 +264,81 @@ class ShadowSet:
         model = build_model(self.config.model, *self._build)
         model.set_weights(self._network.shadow_weights(k))
         return model
+
+
+def _row_keys(x: np.ndarray) -> np.ndarray:
+    """One row per example, its bytes identifying it (``x`` as `check_features` returns it)."""
+    return np.ascontiguousarray(x.reshape(len(x), -1))
+
+
+def _check_chunk(chunk, num_shadows: int) -> tuple[int, int]:
+    try:
+        start, stop = (int(v) for v in chunk)
+    except (TypeError, ValueError):
+        raise TfmiError(f"a shadow chunk is (start, stop), got {chunk!r}") from None
+    if not 0 <= start < stop <= num_shadows:
+        raise TfmiError(f"shadow chunk {start}:{stop} is not within the {num_shadows} shadows")
+    return start, stop
+
+
+def shadow_chunks(num_shadows: int, per_chunk: int | None = None) -> list[tuple[int, int]]:
+    """The (start, stop) chunks of ``num_shadows`` shadows, ``per_chunk`` each (None: one chunk).
+
+    >>> shadow_chunks(5, 2)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    k = check_count(num_shadows, "the number of shadows", 1)
+    step = k if per_chunk is None else check_count(per_chunk, "shadows per task", 1)
+    return [(start, min(start + step, k)) for start in range(0, k, step)]
+
+
+@dataclass
+class ShadowOutputs:
+    """What a chunk of shadows trained elsewhere sends back: shadows ``start:stop``'s logits on the query
+    inputs (``(stop - start, n, classes)``) and their accuracies on their IN and OUT pool records."""
+
+    start: int
+    stop: int
+    logits: np.ndarray
+    train_accuracy: np.ndarray
+    test_accuracy: np.ndarray
+
+
+def train_shadow_outputs(
+    data: Dataset, pool, config: TrainConfig, queries: np.ndarray, *, num_shadows: int, seed: int,
+    chunk: tuple[int, int], defense: DefenseConfig | None = None,
+) -> ShadowOutputs:
+    """Train shadows ``chunk`` of `train_shadows`'s K-shadow design and keep their logits on ``queries``
+    (every input the attacks will ask about; see `tfmi.attacks.suite.shadow_queries`)."""
+    shadows = train_shadows(data, pool, config, num_shadows=num_shadows, seed=seed, defense=defense,
+                            chunk=chunk)
+    return ShadowOutputs(chunk[0], chunk[1], shadows.logits(queries), shadows.train_accuracy,
+                         shadows.test_accuracy)
+
+
+def assemble_shadows(
+    data: Dataset, pool, config: TrainConfig, queries: np.ndarray, *, num_shadows: int, seed: int,
+    parts: list[ShadowOutputs], defense: DefenseConfig | None = None,
+) -> ShadowSet:
+    """The K shadows of ``parts`` (their chunks must tile 0..K) as one `ShadowSet` that answers
+    `ShadowSet.logits` for the query inputs, as the same shadows trained in this process would."""
+    parts = sorted(parts, key=lambda p: p.start)
+    spans = [(p.start, p.stop) for p in parts]
+    if not spans or [a for a, _ in spans] != [0] + [b for _, b in spans[:-1]] or spans[-1][1] != num_shadows:
+        raise TfmiError(f"the shadow chunks {spans} do not tile the {num_shadows} shadows")
+    pool = _check_pool(pool, len(data))
+    queries = check_features(queries)
+    table = np.concatenate([p.logits for p in parts])
+    if table.shape[1] != len(queries):
+        raise TfmiError(f"the shadow chunks hold outputs for {table.shape[1]} inputs, not the {len(queries)} "
+                        "queries: they were trained for another audit")
+    index = {row.tobytes(): i for i, row in enumerate(_row_keys(queries))}
+    return ShadowSet(pool=pool, masks=sample_shadow_masks(len(pool), num_shadows, seed), config=config,
+                     batched=_batched_supported(config, defense or DefenseConfig()),
+                     train_accuracy=np.concatenate([p.train_accuracy for p in parts]),
+                     test_accuracy=np.concatenate([p.test_accuracy for p in parts]),
+                     seeds=_shadow_seeds(seed, num_shadows), _build=(data.input_shape, data.num_classes),
+                     _stored=(index, table))
 
 
 def _check_pool(pool, num_records: int) -> np.ndarray:
@@ -291,6 +382,7 @@ def train_shadows(
     defense: DefenseConfig | None = None,
     masks: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
+    chunk: tuple[int, int] | None = None,
 ) -> ShadowSet:
     """Train ``num_shadows`` shadows of ``config.model`` on random halves of ``data`` records ``pool``.
 
@@ -301,6 +393,9 @@ def train_shadows(
     any zoo model and defense; defenses that need a held-out reference set get the shadow's OUT
     records). Shadow k's initial weights are seeded from ``seed`` and k, not ``config.seed``.
     ``progress(done)`` is called with the number of shadows trained so far (all K at once when batched).
+    ``chunk=(k0, k1)`` trains only shadows k0..k1-1 of the K-shadow design (their masks and seeds, which
+    depend only on ``seed`` and K), so chunks can train anywhere; batched chunks of the same (k0, k1)
+    give the same shadows, a different chunking does not (batched shadows share their batch order).
 
     >>> from tfmi.data import load_dataset
     >>> data = load_dataset("digits")
@@ -326,6 +421,10 @@ def train_shadows(
     empty = np.flatnonzero(~masks.any(axis=1))
     if len(empty):
         raise TfmiError(f"shadow {int(empty[0])} has no IN records: use a larger pool")
+    seeds = _shadow_seeds(seed, k)
+    if chunk is not None:
+        start, stop = _check_chunk(chunk, k)
+        masks, seeds, k = masks[start:stop], seeds[start:stop], stop - start
     supported = _batched_supported(config, defense)
     if batched is None:
         batched = supported
@@ -333,7 +432,6 @@ def train_shadows(
         raise TfmiError(f"batched shadow training supports defense 'none' with models "
                         f"{', '.join(BATCHED_MODELS)} and no dropout, not {config.model!r} with "
                         f"{defense.name!r}: pass batched=False")
-    seeds = _shadow_seeds(seed, k)
     x, y = data.x[pool], np.asarray(data.y[pool])
     result = ShadowSet(pool=pool, masks=masks, config=config, batched=bool(batched), seeds=seeds,
                        _build=(data.input_shape, data.num_classes))

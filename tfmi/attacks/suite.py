@@ -371,6 +371,20 @@ def run_attacks(
     return report
 
 
+def shadow_queries(data: Dataset, shadow_pool: np.ndarray, members: np.ndarray, non_members: np.ndarray,
+                   population: np.ndarray | None = None, flip: bool = False) -> np.ndarray:
+    """Every input `run_attacks` may ask the shadows about, for shadows trained elsewhere
+    (`tfmi.attacks.shadow.assemble_shadows`): the pool, the evaluated records, the population, and the
+    evaluated records flipped when ``flip``."""
+    evaluated = np.concatenate([members, non_members])
+    parts = [data.x[np.asarray(shadow_pool)], data.x[evaluated]]
+    if population is not None:
+        parts.append(data.x[np.asarray(population)])
+    if flip:
+        parts.append(flip_horizontally(data.x[evaluated]))
+    return np.concatenate(parts)
+
+
 def _lira_statistics(shadows, shadow_logits, data, evaluated, y_eval, target_out, queries, batch_size):
     """LiRA's inputs, computed once for every variant: the (K, n) IN mask of the evaluated records
     (their pool column where they are in the shadows' pool, else OUT everywhere), and the shadows'
