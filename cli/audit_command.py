@@ -78,7 +78,7 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
               help="DANGEROUS: skip the checks that stop a model file from running code on this machine "
                    "(Lambda layers, classes from other modules, SavedModel ops that touch files, network or "
                    "Python). Only for files you trust as you trust a script; recorded in the report.")
-@executor_options(shards=False)
+@executor_options
 def audit(model, signature, members, non_members, population, label_column, data_dir, outputs, attacks,
           num_shadows, shadow_model, shadow_epochs, shadow_batch_size, shadow_lr, shadows_per_task,
           shadow_defense, per_class, learned_classifier, bootstrap, flip, seed, out, force, unsafe_load,
@@ -109,10 +109,14 @@ def audit(model, signature, members, non_members, population, label_column, data
     if population is not None and members is None:
         raise TfmiError("--population goes with --members and --non-members; a `tfmi train` directory "
                         "uses its split's shadow pool")
-    executor_config, _ = executor_from_options(executor_values)
-    chunked = executor_config.name != "local" or shadows_per_task is not None
+    executor_config, shard = executor_from_options(executor_values)
+    chunked = executor_config.name != "local" or shadows_per_task is not None or shard is not None
     if chunked and num_shadows == 0:
-        raise TfmiError("--executor ray and --shadows-per-task run shadow training: pass --shadows K too")
+        raise TfmiError("--executor ray, --shadows-per-task and --shard run shadow training: pass "
+                        "--shadows K too")
+    if shard is not None and force:
+        raise TfmiError("--force with --shard would discard the other shards' chunks: run the shards into a "
+                        "new --out")
     if executor_config.name == "ray":
         from tfmi.executors import check_ray_installed
 
@@ -125,18 +129,21 @@ def audit(model, signature, members, non_members, population, label_column, data
 
         check_model_name(shadow_model)
     out = Path(out) if out is not None else DEFAULT_AUDITS_DIR / (model.stem or "model")
-    check_output_dir(out, "audit", force=force)
-    with output_lock(out):
-        check_output_dir(out, "audit", force=force)  # again: another run may have finished meanwhile
+    from tfmi.audit import CHUNKS_DIR
+
+    check_output_dir(out, "audit", force=force, resumable=[CHUNKS_DIR])
+    with output_lock(out, shared=shard is not None):
+        # again: another run may have finished meanwhile
+        check_output_dir(out, "audit", force=force, resumable=[CHUNKS_DIR])
         _audit(model, signature, members, non_members, population, label_column, data_dir, outputs,
                attacks, num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier,
                bootstrap, flip, seed, out, force, unsafe_load, executor_config if chunked else None,
-               shadows_per_task)
+               shadows_per_task, shard)
 
 
 def _audit(model, signature, members, non_members, population, label_column, data_dir, outputs, attacks,
            num_shadows, shadow_model, given, shadow_defense, per_class, learned_classifier, bootstrap, flip,
-           seed, out, force, unsafe_load, executor_config, shadows_per_task) -> None:
+           seed, out, force, unsafe_load, executor_config, shadows_per_task, shard) -> None:
     from tfmi.model_loading import load_model
     from tfmi.models import check_model_name
     from tfmi.training import TrainConfig
@@ -205,7 +212,9 @@ def _audit(model, signature, members, non_members, population, label_column, dat
         else:
             shadows = _train_shadows_in_chunks(executor_config, data, pool, shadow_config, member_idx,
                                                non_member_idx, population_idx, flip, num_shadows, seed,
-                                               shadows_per_task, defense)
+                                               shadows_per_task, defense, out, shard)
+            if shard is not None:
+                return
 
     from tfmi.attacks.suite import run_attacks
 
@@ -262,9 +271,10 @@ def _audit(model, signature, members, non_members, population, label_column, dat
     plots = {"ROC curves": "roc.png", "Member vs non-member signals": "signals.png"}
     name = Path(loaded.path).name
 
+    from tfmi.audit import CHUNKS_DIR
     from tfmi.safe_write import atomic_directory
 
-    with atomic_directory(out, "audit", force=force) as staging:
+    with atomic_directory(out, "audit", force=force, adopt=[CHUNKS_DIR]) as staging:
         (staging / "report.json").write_text(
             json.dumps({"meta": meta, "report": report.to_dict()}, indent=2) + "\n")
         (staging / "report.md").write_text(audit_markdown(report, meta, plots, exposure))
@@ -323,24 +333,40 @@ def _data_from_files(loaded, members: Path, non_members: Path, population: Path 
 
 
 def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, non_member_idx, population_idx,
-                             flip, num_shadows, seed, per_task, defense):
-    """The shadows in chunks on the chosen executor, with a progress bar over the chunks."""
+                             flip, num_shadows, seed, per_task, defense, out, shard):
+    """The shadows in chunks on the chosen executor, cached in ``out`` as they finish, with a progress bar;
+    a shard trains its own chunks only, reports, and returns None."""
     from tfmi.attacks.shadow import shadow_chunks
     from tfmi.attacks.suite import shadow_queries
-    from tfmi.audit import train_shadows_on
-    from tfmi.executors import make_executor
+    from tfmi.audit import ShadowChunkStore, train_shadows_on
+    from tfmi.executors import LocalExecutor, make_executor
 
     queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
+    store = ShadowChunkStore(out, data, pool, config, queries, num_shadows=num_shadows, seed=seed,
+                             per_task=per_task, defense=defense)
     chunks = shadow_chunks(num_shadows, per_task)
-    executor = make_executor(executor_config)
+    mine = chunks if shard is None else shard.select(chunks)
+    cached = [c for c in chunks if store.load(c) is not None]
+    todo = [c for c in mine if c not in cached]
+    of_shard = "" if shard is None else f", shard {shard.text()} takes {len(mine)}"
+    click.echo(f"chunks     {len(chunks)} x {per_task or num_shadows} shadow(s) ({len(cached)} cached in "
+               f"{store.folder}{of_shard}, {len(todo)} to train on {executor_config.name})")
+    executor = make_executor(executor_config) if todo else LocalExecutor()  # no Ray to start for nothing
     try:
-        with click.progressbar(length=num_shadows, label=f"shadows ({len(chunks)} units, {executor.name})",
-                               file=sys.stderr, show_pos=True) as bar:
-            return train_shadows_on(executor, data, pool, config, queries, num_shadows=num_shadows, seed=seed,
-                                    per_task=per_task, defense=defense,
-                                    on_done=lambda chunk, _: bar.update(chunk[1] - chunk[0]))
+        with click.progressbar(length=sum(b - a for a, b in mine), label="shadows", file=sys.stderr,
+                               show_pos=True) as bar:
+            shadows = train_shadows_on(executor, data, pool, config, queries, num_shadows=num_shadows,
+                                       seed=seed, per_task=per_task, defense=defense, store=store,
+                                       chunks=None if shard is None else mine,
+                                       on_done=lambda chunk, _: bar.update(chunk[1] - chunk[0]))
     finally:
         executor.close()
+    if shard is not None:
+        left = sum(store.load(c) is None for c in chunks)
+        then = ("run the command without --shard to attack and write the report" if not left
+                else f"{left} left for the other shards")
+        click.echo(f"shard {shard.text()} done: {len(chunks) - left} of {len(chunks)} chunks cached; {then}")
+    return shadows
 
 
 def _data_from_model_dir(model: Path, data_dir: str | None):

@@ -356,3 +356,33 @@ def test_audit_cli_refuses_chunk_options_without_shadows(tmp_path):
                   tmp_path / "b.npz", "--shadows-per-task", "2", "--out", tmp_path / "out"], catch=True)
     assert result.exit_code == 2 and "pass --shadows K too" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "m"
+    result = run(["train", "--epochs", "2", "--target-size", "150", "--out", out])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_audit_shards_fill_the_chunk_cache_and_the_final_run_reports_as_a_whole_run(trained_dir, tmp_path):
+    audit = ["audit", trained_dir, "--shadows", "4", "--shadows-per-task", "1", "--attacks",
+             "loss,lira_online"]
+    whole = run([*audit, "--out", tmp_path / "whole"])
+    assert whole.exit_code == 0 and "4 to train on local" in whole.output
+    out = tmp_path / "sharded"
+    first = run([*audit, "--shard", "0/2", "--out", out])
+    assert first.exit_code == 0 and "2 left for the other shards" in first.output
+    assert sorted(p.name for p in out.iterdir()) == [".tfmi-output", "shadow-chunks"]  # no report yet
+    assert "run the command without --shard" in run([*audit, "--shard", "1/2", "--out", out]).output
+    final = run([*audit, "--out", out])
+    assert final.exit_code == 0 and "(4 cached in" in final.output and "0 to train" in final.output
+    reports = [json.loads((d / "report.json").read_text())["report"] for d in (tmp_path / "whole", out)]
+    assert reports[0] == reports[1]
+    assert len(list((out / "shadow-chunks").glob("*.npz"))) == 4  # the cache stays with the report
+    again = run([*audit, "--out", out], catch=True)  # a finished audit is not overwritten silently
+    assert again.exit_code == 2 and "already exists" in again.output
+    refused = run([*audit, "--shard", "0/2", "--force", "--out", tmp_path / "x"], catch=True)
+    assert refused.exit_code == 2 and "--force with --shard" in refused.output
+    assert not (tmp_path / "x").exists()

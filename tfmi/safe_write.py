@@ -36,7 +36,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -219,10 +219,12 @@ def foreign_entries(out: Path, marker: dict | None) -> list[str]:
 
 
 def check_output_dir(out: str | os.PathLike, kind: str, *, force: bool = False,
-                     reuse: bool = False) -> Path:
+                     reuse: bool = False, resumable: Iterable[str] = ()) -> Path:
     """Check, before any work, that ``out`` may receive a tfmi ``kind`` output; return it as a Path.
 
     ``reuse`` (benchmarks): an existing output of the same kind may be continued without ``force``.
+    ``resumable``: the cache entries of an unfinished output (an audit's shadow chunks from its
+    shards); an output of the same kind that holds nothing else may be continued without ``force``.
     Raises `TfmiError` for the current directory or one of its parents, a path under a regular file,
     a parent where nothing can be created, a non-empty folder tfmi did not write, an output of
     another kind, and (``force`` aside) an existing output; with ``force``, for train and audit
@@ -252,7 +254,7 @@ def check_output_dir(out: str | os.PathLike, kind: str, *, force: bool = False,
     if marker["kind"] != kind:
         raise TfmiError(f"{out} holds a tfmi {marker['kind']} output, not a {kind} output: "
                         "choose another --out")
-    if reuse:
+    if reuse or (resumable and set(marker["written"]) <= set(resumable)):
         return out
     if not force:
         raise TfmiError(f"output {out} already exists: choose another --out or pass --force to replace it")
@@ -376,8 +378,12 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike, kind: str, *, force: bool = False) -> Iterator[Path]:
+def atomic_directory(out: str | os.PathLike, kind: str, *, force: bool = False,
+                     adopt: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a private staging folder that becomes the tfmi output ``out`` only if the block completes.
+
+    ``adopt``: cache entries an unfinished ``out`` may hold (see `check_output_dir`'s ``resumable``);
+    the new output takes them over (moved in right before the swap), so the cache outlives the run.
 
     ``out`` is locked (`output_lock`) and checked (`check_output_dir`) before anything is written,
     and checked again right before the swap, so a file a user put there meanwhile is never replaced;
@@ -387,16 +393,20 @@ def atomic_directory(out: str | os.PathLike, kind: str, *, force: bool = False) 
     """
     out = Path(out)
     with output_lock(out):
-        check_output_dir(out, kind, force=force)
+        check_output_dir(out, kind, force=force, resumable=adopt)
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         except OSError as error:
             raise write_error(out, error) from None
         try:
             yield staging
+            for name in adopt:
+                if (out / name).exists() and not (staging / name).exists():
+                    (out / name).rename(staging / name)
             write_marker(staging, kind, [p.name for p in staging.iterdir()])
             _apply_modes(staging)
-            check_output_dir(out, kind, force=force)  # what is there now is what the swap replaces
+            # what is there now is what the swap replaces
+            check_output_dir(out, kind, force=force, resumable=adopt)
             _swap_into_place(staging, out)
         except OSError as error:
             raise write_error(out, error) from None
