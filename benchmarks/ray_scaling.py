@@ -71,9 +71,9 @@ def timed(executor_factory, fn, shared, units) -> float:
 def overhead(data, repeats: int) -> tuple[float, float]:
     cells = small_benchmark_cells(data)
     local, ray = [], []
+    one_worker = ExecutorConfig("ray", local_cpus=1)
     for _ in range(repeats):
         local.append(timed(LocalExecutor, run_cell_task, data, cells))
-        one_worker = ExecutorConfig("ray", local_cpus=1)
         ray.append(timed(lambda: RayExecutor(one_worker), run_cell_task, data, cells))
     return statistics.median(local), statistics.median(ray)
 
