@@ -36,7 +36,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 
 from tfmi.attacks.suite import shadow_queries  # noqa: E402
-from tfmi.audit import train_shadows_on  # noqa: E402
 from tfmi.benchmark import (  # noqa: E402
     BenchmarkSpec,
     data_fingerprint,
@@ -47,6 +46,7 @@ from tfmi.benchmark import (  # noqa: E402
 from tfmi.data import load_dataset  # noqa: E402
 from tfmi.defenses.config import DefenseConfig  # noqa: E402
 from tfmi.executors import ExecutorConfig, LocalExecutor, RayExecutor  # noqa: E402
+from tfmi.shadow_chunks import train_shadows_on  # noqa: E402
 from tfmi.training import TrainConfig  # noqa: E402
 
 

@@ -129,7 +129,7 @@ def audit(model, signature, members, non_members, population, label_column, data
 
         check_model_name(shadow_model)
     out = Path(out) if out is not None else DEFAULT_AUDITS_DIR / (model.stem or "model")
-    from tfmi.audit import CHUNKS_DIR
+    from tfmi.shadow_chunks import CHUNKS_DIR
 
     check_output_dir(out, "audit", force=force, resumable=[CHUNKS_DIR])
     with output_lock(out, shared=shard is not None):
@@ -271,8 +271,8 @@ def _audit(model, signature, members, non_members, population, label_column, dat
     plots = {"ROC curves": "roc.png", "Member vs non-member signals": "signals.png"}
     name = Path(loaded.path).name
 
-    from tfmi.audit import CHUNKS_DIR
     from tfmi.safe_write import atomic_directory
+    from tfmi.shadow_chunks import CHUNKS_DIR
 
     with atomic_directory(out, "audit", force=force, adopt=[CHUNKS_DIR]) as staging:
         (staging / "report.json").write_text(
@@ -338,8 +338,8 @@ def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, no
     a shard trains its own chunks only, reports, and returns None."""
     from tfmi.attacks.shadow import shadow_chunks
     from tfmi.attacks.suite import shadow_queries
-    from tfmi.audit import ShadowChunkStore, train_shadows_on
     from tfmi.executors import LocalExecutor, make_executor
+    from tfmi.shadow_chunks import ShadowChunkStore, train_shadows_on
 
     queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
     store = ShadowChunkStore(out, data, pool, config, queries, num_shadows=num_shadows, seed=seed,

@@ -51,6 +51,10 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
                    "loss,lira_online.")
 @click.option("--shadows", "num_shadows", type=int, default=8, show_default=True,
               help="Shadow models per cell, trained like the target (0: oracle threshold attacks only).")
+@click.option("--shadows-per-task", type=click.IntRange(min=1), default=None,
+              help="Train each cell's shadows in chunks of this many; with --executor ray each chunk is "
+                   "a Ray task of its own [default: all in one piece]. Recorded in the cells: batched "
+                   "(undefended mlp/cnn) shadows depend on the chunking.")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Seeds 0..N-1; each draws its own split and initialization.")
 @click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
@@ -70,7 +74,8 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
               help="Discard results of a different benchmark in --out (only what tfmi wrote there).")
 @executor_options
 @defense_parameter_options
-def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, attacks, num_shadows, seeds,
+def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, attacks, num_shadows,
+              shadows_per_task, seeds,
               epochs, batch_size, learning_rate, preset, optimizer, momentum, weight_decay, lr_milestones,
               target_size, reference_size, out, force, **defense_values) -> None:
     """Compare defenses against membership-inference attacks: one row per defense setting.
@@ -134,7 +139,7 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
         train=TrainConfig(model_name, **settings),
         defenses=defense_configs, seeds=tuple(range(seeds)), attacks=chosen_attacks,
         num_shadows=num_shadows, target_size=data.default_target_size if target_size is None else target_size,
-        reference_size=reference_size,
+        reference_size=reference_size, shadows_per_task=shadows_per_task,
     )
     for seed in spec.seeds:  # the split's own checks (sizes), for every seed, before any training
         membership_split(data.y, spec.target_size, spec.reference_size, seed=seed)

@@ -328,7 +328,8 @@ def test_audit_shadows_on_ray_equal_the_same_chunks_trained_here(ray_cluster, di
     import numpy as np
 
     from tfmi.attacks.suite import shadow_queries
-    from tfmi.audit import audit, train_shadows_on
+    from tfmi.audit import audit
+    from tfmi.shadow_chunks import train_shadows_on
     from tfmi.training import TrainConfig
 
     data, pool, members, non_members = digits_pool
@@ -386,3 +387,26 @@ def test_audit_shards_fill_the_chunk_cache_and_the_final_run_reports_as_a_whole_
     refused = run([*audit, "--shard", "0/2", "--force", "--out", tmp_path / "x"], catch=True)
     assert refused.exit_code == 2 and "--force with --shard" in refused.output
     assert not (tmp_path / "x").exists()
+
+
+def test_benchmark_cells_with_shadow_chunks_on_ray_equal_the_local_ones(ray_cluster, local_cells, tmp_path):
+    from tfmi.benchmark import _inside_ray
+
+    # a cell on Ray sends its chunks out as Ray tasks: it knows it runs inside one
+    assert not _inside_ray() and ray_cluster.get(ray_cluster.remote(_inside_ray).remote())
+    chunked = [*TINY, "--shadows-per-task", "1"]
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert run([*chunked, "--out", here]).exit_code == 0
+    result = run([*chunked, "--out", there, "--executor", "ray"])  # each cell's shadows as nested tasks
+    assert result.exit_code == 0, result.output
+    assert cells_of(here) == cells_of(there)
+    # the chunking is part of the cells; the l2 row's shadows train one by one, so its report is the
+    # unchunked run's
+    by_label = {r["label"]: r for r in cells_of(here).values()}
+    unchunked = {r["label"]: r for r in local_cells.values()}
+    assert all(r["cell"]["shadows_per_task"] == 1 for r in by_label.values())
+    assert "shadows_per_task" not in next(iter(unchunked.values()))["cell"]
+    assert by_label["l2"]["report"] == unchunked["l2"]["report"]
+    refused = run([*TINY, "--shadows", "0", "--attacks", "gap", "--shadows-per-task", "2",
+                   "--out", tmp_path / "x"], catch=True)
+    assert refused.exit_code == 2 and "pass --shadows K" in refused.output and not (tmp_path / "x").exists()

@@ -21,9 +21,9 @@ import numpy as np
 
 from tfmi.attacks.suite import AttackReport, run_attacks, shadow_queries
 from tfmi.data.dataset import Dataset, check_features, check_labels, make_dataset
-from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
-from tfmi.executors import ExecutorConfig, LocalExecutor, RayExecutor, make_executor
+from tfmi.executors import ExecutorConfig, make_executor
+from tfmi.shadow_chunks import train_shadows_on
 from tfmi.training import TrainConfig
 
 
@@ -111,116 +111,6 @@ def append_records(
         raise TfmiError(f"{name} shares {shared} record(s) with the audited members or non-members: RMIA "
                         "compares them with records the model never saw; give records outside the audit")
     return combined, added
-
-
-def _shadow_chunk_task(shared: tuple, chunk: tuple[int, int]):
-    """One chunk of shadows as an executor unit, with deterministic ops (the same outputs anywhere)."""
-    import tensorflow as tf
-
-    from tfmi.attacks.shadow import train_shadow_outputs
-
-    data, pool, config, queries, num_shadows, seed, defense = shared
-    tf.config.experimental.enable_op_determinism()
-    return train_shadow_outputs(data, pool, config, queries, num_shadows=num_shadows, seed=seed, chunk=chunk,
-                                defense=defense)
-
-
-CHUNKS_DIR = "shadow-chunks"
-
-
-class ShadowChunkStore:
-    """Finished shadow chunks of one audit under ``out/shadow-chunks/``, one ``.npz`` per chunk, named by
-    a hash of everything the chunk's outputs depend on (queries, pool, training, defense, K, seed,
-    chunking) and written atomically: shards of a job array fill it side by side, and the final run
-    (or a rerun after a crash) trains only what is missing. Files are read without pickle.
-    """
-
-    def __init__(self, out, data: Dataset, pool: np.ndarray, config: TrainConfig, queries: np.ndarray, *,
-                 num_shadows: int, seed: int, per_task: int | None, defense: DefenseConfig | None):
-        import hashlib
-        import json
-        from pathlib import Path
-
-        self.folder = Path(out) / CHUNKS_DIR
-        digest = hashlib.sha256()
-        for array in (np.ascontiguousarray(queries), np.asarray(pool, np.int64),
-                      np.asarray(data.y[pool], np.int64)):
-            digest.update(str(array.shape).encode() + array.dtype.str.encode())
-            digest.update(array.tobytes())
-        settings = {"train": config.to_dict(), "defense": (defense or DefenseConfig()).to_dict(),
-                    "shadows": num_shadows, "seed": seed, "per_task": per_task}
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-        self.key = digest.hexdigest()[:20]
-
-    def path(self, chunk: tuple[int, int]):
-        return self.folder / f"{self.key}-{chunk[0]}-{chunk[1]}.npz"
-
-    def load(self, chunk: tuple[int, int]):
-        """The cached outputs of ``chunk``, or None (missing or unreadable: it will be trained again)."""
-        from tfmi.attacks.shadow import ShadowOutputs
-
-        try:
-            with np.load(self.path(chunk), allow_pickle=False) as stored:
-                return ShadowOutputs(int(stored["start"]), int(stored["stop"]), stored["logits"],
-                                     stored["train_accuracy"], stored["test_accuracy"])
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def save(self, chunk: tuple[int, int], outputs) -> None:
-        from tfmi.safe_write import MARKER_FILE, add_to_marker, atomic_file
-
-        if not (self.folder.parent / MARKER_FILE).exists():  # the folder is an (unfinished) audit output
-            self.folder.mkdir(parents=True, exist_ok=True)
-            add_to_marker(self.folder.parent, "audit", [CHUNKS_DIR])
-        with atomic_file(self.path(chunk), "wb") as handle:
-            np.savez(handle, start=outputs.start, stop=outputs.stop, logits=outputs.logits,
-                     train_accuracy=outputs.train_accuracy, test_accuracy=outputs.test_accuracy)
-
-
-def train_shadows_on(
-    executor: LocalExecutor | RayExecutor, data: Dataset, pool: np.ndarray, config: TrainConfig,
-    queries: np.ndarray, *, num_shadows: int, seed: int, per_task: int | None = None,
-    defense: DefenseConfig | None = None, on_done=None, store: ShadowChunkStore | None = None,
-    chunks: list[tuple[int, int]] | None = None,
-):
-    """`tfmi.attacks.shadow.train_shadows`, in chunks of ``per_task`` shadows (None: one chunk) run by
-    ``executor`` (`tfmi.executors`); the chunks send back their logits on ``queries`` only
-    (`tfmi.attacks.suite.shadow_queries`), which is all the attacks ask the shadows about.
-    ``on_done(chunk, outputs)`` follows the chunks as they finish. The shadows are the same whichever
-    executor trains them; with batched (undefended mlp/cnn) shadows they depend on ``per_task``.
-    With a ``store`` the chunks it holds are not trained again and new ones are saved to it as they
-    finish; ``chunks`` limits the training to those (a shard's) and returns None instead of a set.
-
-    >>> from tfmi.data import load_dataset
-    >>> data = load_dataset("digits")
-    >>> shadows = train_shadows_on(LocalExecutor(), data, np.arange(64), TrainConfig("mlp", epochs=1),
-    ...                            data.x[:64], num_shadows=4, seed=0, per_task=2)
-    >>> shadows.logits(data.x[:5]).shape
-    (4, 5, 10)
-    """
-    from tfmi.attacks.shadow import assemble_shadows, shadow_chunks
-
-    wanted = shadow_chunks(num_shadows, per_task) if chunks is None else list(chunks)
-    cached = {chunk: store.load(chunk) for chunk in wanted} if store is not None else {}
-    parts = {chunk: outputs for chunk, outputs in cached.items() if outputs is not None}
-
-    def finished(chunk, outputs):
-        if store is not None:
-            store.save(chunk, outputs)
-        parts[chunk] = outputs
-        if on_done is not None:
-            on_done(chunk, outputs)
-
-    for chunk, outputs in list(parts.items()):
-        if on_done is not None:
-            on_done(chunk, outputs)
-    executor.map(_shadow_chunk_task, (data, pool, config, queries, num_shadows, seed, defense),
-                 [chunk for chunk in wanted if chunk not in parts], on_done=finished,
-                 describe=lambda chunk: f"shadows {chunk[0]}..{chunk[1] - 1}")
-    if chunks is not None:
-        return None
-    return assemble_shadows(data, pool, config, queries, num_shadows=num_shadows, seed=seed,
-                            parts=list(parts.values()), defense=defense)
 
 
 def audit(

@@ -56,6 +56,7 @@ from tfmi.safe_write import (
     write_text_atomic,
 )
 from tfmi.training import TrainConfig
+from tfmi.validation import check_count
 
 MANIFEST_FILE = "benchmark.json"
 CELLS_DIR = "cells"
@@ -115,8 +116,13 @@ class BenchmarkSpec:
     num_shadows: int
     target_size: int
     reference_size: int | None = None
+    shadows_per_task: int | None = None
 
     def __post_init__(self) -> None:
+        if self.shadows_per_task is not None:
+            check_count(self.shadows_per_task, "--shadows-per-task", 1)
+            if self.num_shadows == 0:
+                raise TfmiError("--shadows-per-task chunks the shadows: pass --shadows K (K >= 1) too")
         if not self.defenses:
             raise TfmiError("no defense given: use e.g. --defenses none,mmd-mixup,dp-sgd")
         seen: set[str] = set()
@@ -151,6 +157,8 @@ class BenchmarkSpec:
             "num_shadows": self.num_shadows,
             "target_size": self.target_size,
             "reference_size": self.reference_size,
+            # recorded only when set, so cells cached before chunks existed keep their keys
+            **({"shadows_per_task": self.shadows_per_task} if self.shadows_per_task is not None else {}),
         }
 
     @property
@@ -344,9 +352,14 @@ def _setting_text(defense: DefenseConfig) -> str:
 
 
 def run_cell(
-    data: Dataset, cell: Cell, *, shadow_progress: Callable[[int], None] | None = None
+    data: Dataset, cell: Cell, *, shadow_progress: Callable[[int], None] | None = None,
+    shadow_executor: Any = None,
 ) -> dict[str, Any]:
-    """Train the cell's target and shadows, attack, and return the JSON-ready record."""
+    """Train the cell's target and shadows, attack, and return the JSON-ready record.
+
+    With the spec's ``shadows_per_task`` the shadows train in chunks (`tfmi.shadow_chunks`) on
+    ``shadow_executor`` (default: in this process); the record does not depend on where.
+    """
     import keras
 
     from tfmi.attacks.shadow import train_shadows
@@ -361,9 +374,26 @@ def run_cell(
     config = dataclasses.replace(spec.train, seed=cell.seed)
     target = train_target(data, split, config, cell.defense, verbose=0)
     shadows = None
-    if spec.num_shadows > 0:
-        shadows = train_shadows(data, shadow_pool(split, "online"), config, num_shadows=spec.num_shadows,
-                                seed=cell.seed + 1, defense=cell.defense, progress=shadow_progress)
+    pool = shadow_pool(split, "online")
+    if spec.num_shadows > 0 and spec.shadows_per_task is None:
+        shadows = train_shadows(data, pool, config, num_shadows=spec.num_shadows, seed=cell.seed + 1,
+                                defense=cell.defense, progress=shadow_progress)
+    elif spec.num_shadows > 0:
+        from tfmi.attacks.suite import shadow_queries
+        from tfmi.executors import LocalExecutor
+        from tfmi.shadow_chunks import train_shadows_on
+
+        done = [0]
+
+        def chunk_done(chunk, outputs):
+            done[0] += chunk[1] - chunk[0]
+            if shadow_progress is not None:
+                shadow_progress(done[0])
+
+        queries = shadow_queries(data, pool, split.members, split.non_members, rmia_population(split))
+        shadows = train_shadows_on(shadow_executor or LocalExecutor(), data, pool, config, queries,
+                                   num_shadows=spec.num_shadows, seed=cell.seed + 1,
+                                   per_task=spec.shadows_per_task, defense=cell.defense, on_done=chunk_done)
     report = run_attacks(target.model, data, split.members, split.non_members, attacks=spec.attacks,
                          shadows=shadows, seed=cell.seed, population=rmia_population(split))
     accounting = target.defense.get("accounting") or {}
@@ -388,11 +418,27 @@ def run_cell_task(
     data: Dataset, cell: Cell, shadow_progress: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
     """`run_cell` as a unit of a `tfmi.executors` executor: with TensorFlow's deterministic ops, so a
-    cell gives the same record (but its ``seconds``) wherever it runs: locally, on Ray, in a shard."""
+    cell gives the same record (but its ``seconds``) wherever it runs: locally, on Ray, in a shard.
+    Inside a Ray task, a cell whose shadows train in chunks sends the chunks out as Ray tasks too."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    return run_cell(data, cell, shadow_progress=shadow_progress)
+    shadow_executor = None
+    if cell.spec.shadows_per_task is not None and _inside_ray():
+        from tfmi.executors import ExecutorConfig, RayExecutor
+
+        shadow_executor = RayExecutor(ExecutorConfig("ray"))  # joins the cluster this task runs on
+    return run_cell(data, cell, shadow_progress=shadow_progress, shadow_executor=shadow_executor)
+
+
+def _inside_ray() -> bool:
+    import sys
+
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None  # None: the driver
 
 
 def rmia_population(split) -> np.ndarray | None:
