@@ -3,7 +3,7 @@
 import click
 
 from tfmi.data.download import DATA_DIR_ENV
-from tfmi.training_config import MODEL_NAMES
+from tfmi.model_names import MODEL_NAMES
 
 MODEL_LIST = ", ".join(MODEL_NAMES[:-1]) + " or " + MODEL_NAMES[-1]
 

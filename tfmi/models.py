@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from tfmi.errors import TfmiError
-from tfmi.training_config import MODEL_NAMES
+from tfmi.model_names import MODEL_NAMES
 
 layers = keras.layers
 

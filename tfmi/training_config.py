@@ -80,10 +80,6 @@ class TrainConfig:
 
 
 #: TrainConfig's defaults by field, for option help texts (one source of truth)
-# the zoo's model names (`tfmi.models.MODEL_BUILDERS` builds them), here so the CLI can list them
-# without importing Keras
-MODEL_NAMES: tuple[str, ...] = ("mlp", "mlp3", "cnn", "alexnet", "resnet20")
-
 TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name != "model"}
 
 
