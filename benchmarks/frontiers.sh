@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The privacy/utility frontiers of docs/frontiers.md (issue 11): every defense swept over its strength.
 #
-#   benchmarks/frontiers.sh SETTING [OUT_ROOT]     SETTING: location30-defaults | location30-paper | cifar10
+#   benchmarks/frontiers.sh SETTING [OUT_ROOT [TFMI OPTIONS...]]
+#       SETTING: location30-defaults | location30-paper | cifar10
+#
+# Options after OUT_ROOT go to `tfmi benchmark` as they are: `--shard 0/2` and `--shard 1/2` in two
+# processes share the cache (then run once without --shard to write the results), `--executor ray`
+# spreads the cells over a Ray cluster.
 #
 # Each setting is one `tfmi benchmark` command; finished cells are cached under OUT_ROOT/SETTING, so
 # re-running continues where a run stopped. Data come from TFMI_DATA_DIR (default ../shared/data).
@@ -32,4 +37,4 @@ case $setting in
           --sweep relaxloss:relax-alpha=0.5,1,2) ;;
   *) echo "unknown setting $setting" >&2; exit 2 ;;
 esac
-exec "$tfmi" benchmark "${common[@]}" "${args[@]}" --out "$root/$setting"
+exec "$tfmi" benchmark "${common[@]}" "${args[@]}" --out "$root/$setting" "${@:3}"
