@@ -4,15 +4,8 @@ cell's) shadows run on several workers (`tfmi.executors`) or job-array shards.
 A chunk (k0, k1) trains shadows k0..k1-1 of the K-shadow design; their masks and seeds depend only on
 the seed and K, so it can train on any machine. It sends back only its logits on the records the
 attacks will ask about (`tfmi.attacks.suite.shadow_queries`), and `ShadowChunkStore` keeps finished
-chunks on disk so shards can share them and an interrupted run can continue.
-
->>> from tfmi.data import load_dataset
->>> from tfmi.executors import LocalExecutor
->>> data = load_dataset("digits")
->>> shadows = train_shadows_on(LocalExecutor(), data, np.arange(64), TrainConfig("mlp", epochs=1),
-...                            data.x[:64], num_shadows=4, seed=0, per_task=2)
->>> shadows.logits(data.x[:5]).shape
-(4, 5, 10)
+chunks on disk so shards can share them and an interrupted run can continue (`train_shadows_on`
+has an example).
 """
 
 from __future__ import annotations
