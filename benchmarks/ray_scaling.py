@@ -18,6 +18,10 @@
    plus the measured per-task Ray overhead. The figure is for workers as fast as these CPU cores;
    a GPU worker's per-shadow time has to be measured on that GPU and replaces t.
 
+Measured (2 CPU cores, nothing else running): 1. local 25.7 s, Ray 32.4 s, 1.26x (1.1 s per cell);
+2. 0.67 vs 1.15 units/s, 1.71x; 3. 1.0 min per CIFAR-10 shadow, so 64 shadows take 1.13 h on one worker,
+0.28 h on 4, 0.07 h on 16.
+
 Needs Ray (`pip install 'tfmi[ray]'`). Part 3 needs the CIFAR-10 tarball under --data-dir (skipped
 without it). Prints ratios; asserts nothing about times.
 """
