@@ -346,7 +346,7 @@ def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, no
                              per_task=per_task, defense=defense)
     chunks = shadow_chunks(num_shadows, per_task)
     mine = chunks if shard is None else shard.select(chunks)
-    cached = [c for c in chunks if store.load(c) is not None]
+    cached = [c for c in chunks if store.has(c)]
     todo = [c for c in mine if c not in cached]
     of_shard = "" if shard is None else f", shard {shard.text()} takes {len(mine)}"
     click.echo(f"chunks     {len(chunks)} x {per_task or num_shadows} shadow(s) ({len(cached)} cached in "
@@ -362,7 +362,7 @@ def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, no
     finally:
         executor.close()
     if shard is not None:
-        left = sum(store.load(c) is None for c in chunks)
+        left = sum(not store.has(c) for c in chunks)
         then = ("run the command without --shard to attack and write the report" if not left
                 else f"{left} left for the other shards")
         click.echo(f"shard {shard.text()} done: {len(chunks) - left} of {len(chunks)} chunks cached; {then}")

@@ -139,10 +139,9 @@ class RayExecutor:
 
     def __init__(self, config: ExecutorConfig):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        try:
-            import ray
-        except ImportError:
-            raise TfmiError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA_HINT}") from None
+        check_ray_installed()
+        import ray
+
         self._ray = ray
         self.config = config
         self._started = False

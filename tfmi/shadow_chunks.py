@@ -46,7 +46,6 @@ class ShadowChunkStore:
                  num_shadows: int, seed: int, per_task: int | None, defense: DefenseConfig | None):
         import hashlib
         import json
-        from pathlib import Path
 
         self.folder = Path(out) / CHUNKS_DIR
         digest = hashlib.sha256()
@@ -61,6 +60,10 @@ class ShadowChunkStore:
 
     def path(self, chunk: tuple[int, int]) -> Path:
         return self.folder / f"{self.key}-{chunk[0]}-{chunk[1]}.npz"
+
+    def has(self, chunk: tuple[int, int]) -> bool:
+        """Whether ``chunk`` has a cache file (for counting; `load` reads and checks it)."""
+        return self.path(chunk).is_file()
 
     def load(self, chunk: tuple[int, int]):
         """The cached outputs of ``chunk``, or None (missing or unreadable: it will be trained again)."""
