@@ -72,6 +72,35 @@ def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_pat
     assert run([*TINY, "--out", str(out)]).exit_code == 0 and third.calls == []
 
 
+def test_more_settings_or_seeds_reuse_the_cells_a_folder_holds(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    real = benchmark_module.run_cell
+    base = ["benchmark", "--model", "mlp", "--epochs", "1", "--target-size", "100", "--shadows", "0",
+            "--attacks", "gap,loss", "--out", str(out)]
+    assert run([*base, "--defenses", "none"]).exit_code == 0
+    first = json.loads((out / "results.json").read_text())["cells"]
+
+    wider = CountingRunCell(real)
+    monkeypatch.setattr(benchmark_module, "run_cell", wider)
+    result = run([*base, "--defenses", "none", "--sweep", "l2:l2=0.001,0.01", "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    assert sorted(wider.calls) == [("l2", 0), ("l2", 0), ("l2", 1), ("l2", 1), ("none", 1)]
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert next(c for c in cells if c["label"] == "none" and c["seed"] == 0) == first[0]  # reused as is
+    assert len(cells) == 6 and (out / "roc_none.png").is_file()
+
+    narrower = CountingRunCell(real)
+    monkeypatch.setattr(benchmark_module, "run_cell", narrower)
+    assert list(out.glob("roc_l2*.png"))
+    result = run([*base, "--defenses", "none"])
+    assert result.exit_code == 0, result.output
+    assert narrower.calls == []
+    assert "| l2" not in (out / "results.md").read_text()
+    assert not list(out.glob("roc_l2*.png"))  # the earlier run's plots of rows no longer listed
+    assert (out / "roc_none.png").is_file()
+    assert len(list((out / "cells").glob("*.json"))) == 6  # cached for a later, wider run
+
+
 def test_a_different_configuration_is_refused_unless_forced(tmp_path):
     out = tmp_path / "bench"
     args = ["benchmark", "--model", "mlp", "--epochs", "1", "--target-size", "100", "--shadows", "0",

@@ -392,8 +392,8 @@ def test_benchmark_force_removes_only_what_it_wrote(tmp_path):
     assert invoke([*tiny, "--defenses", "none"]).exit_code == 0
     (out / "analysis.ipynb").write_text("mine\n")
     (out / "cells" / "mine.txt").write_text("mine too\n")
-    assert_refused(invoke([*tiny, "--defenses", "l2"]), r"different benchmark.*--force")
-    result = invoke([*tiny, "--defenses", "l2", "--force"])
+    assert_refused(invoke([*tiny, "--defenses", "l2", "--epochs", "2"]), r"different benchmark.*--force")
+    result = invoke([*tiny, "--defenses", "l2", "--epochs", "2", "--force"])
     assert result.exit_code == 0, result.output + result.stderr
     assert (out / "analysis.ipynb").read_text() == "mine\n"
     assert (out / "cells" / "mine.txt").read_text() == "mine too\n"

@@ -459,7 +459,10 @@ class CellStore:
         self.cells_dir = self.out / CELLS_DIR
 
     def open(self, spec: BenchmarkSpec, force: bool = False) -> None:
-        """Create the output, or check it holds this very benchmark (``force`` starts it afresh).
+        """Create the output, or check it holds this benchmark (``force`` starts it afresh).
+
+        A folder whose benchmark differs only in the defense settings or seeds it lists is this
+        benchmark extended (or narrowed): the cells they share are reused.
 
         Call it with every option already validated and `output_lock` held on ``out``.
         """
@@ -467,7 +470,7 @@ class CellStore:
         manifest = self.out / MANIFEST_FILE
         if self.out.exists() and any(self.out.iterdir()):
             stored = self._read_manifest(manifest)
-            if stored != spec.to_dict():
+            if stored != spec.to_dict() and not (stored and _extends(stored, spec.to_dict())):
                 if not force:
                     what = _difference(stored, spec.to_dict()) if stored else "it holds no benchmark.json"
                     raise TfmiError(
@@ -480,8 +483,18 @@ class CellStore:
         add_to_marker(self.out, "benchmark", [MANIFEST_FILE, CELLS_DIR])
 
     def record_written(self, names: Sequence[str]) -> None:
-        """Note in the marker that the benchmark wrote ``names`` (results, plots) into ``out``."""
-        add_to_marker(self.out, "benchmark", names)
+        """Note in the marker that the benchmark wrote ``names`` (results, plots) into ``out``.
+
+        Results an earlier run wrote there that this one did not (the ROC plot of a setting the
+        benchmark no longer lists) are removed, so the folder shows one benchmark's results.
+        """
+        marker = read_marker(self.out) or {"written": []}
+        keep = {MANIFEST_FILE, CELLS_DIR, *names}
+        for name in marker["written"]:
+            path = self.out / name
+            if name not in keep and (path.is_file() or path.is_symlink()):
+                path.unlink()
+        write_marker(self.out, "benchmark", [MANIFEST_FILE, CELLS_DIR, *dict.fromkeys(names)])
 
     def _discard(self) -> None:
         """Remove what the marker says this benchmark wrote; cells are only files named like keys."""
@@ -516,6 +529,16 @@ class CellStore:
 
     def save(self, cell: Cell, record: dict[str, Any]) -> Path:
         return write_text_atomic(self.cells_dir / f"{cell.key()}.json", json.dumps(record, indent=1))
+
+
+# A cell's key leaves out which settings and seeds its benchmark lists, so a benchmark that differs only
+# in those shares every common cell: it may reuse the folder (more seeds, another sweep value).
+_CELL_SET_FIELDS = ("defenses", "seeds")
+
+
+def _extends(stored: dict, wanted: dict) -> bool:
+    """True when ``wanted`` differs from ``stored`` only in which cells it lists, not in how one runs."""
+    return all(stored.get(k) == wanted.get(k) for k in set(stored) | set(wanted) if k not in _CELL_SET_FIELDS)
 
 
 def _difference(stored: dict, wanted: dict) -> str:
