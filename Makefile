@@ -36,12 +36,13 @@ demo: $(STAMP)
 
 test: test-reference test-current
 
+# --durations: CI's log names the slowest tests, the candidates for the `slow` mark when a suite nears 15 min
 test-reference: $(STAMP)
 	$(BIN)/ruff check tfmi cli tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 test-current: $(CURRENT_STAMP)
-	$(CURRENT_BIN)/python -m pytest
+	$(CURRENT_BIN)/python -m pytest --durations=15
 
 test-all: $(STAMP) $(CURRENT_STAMP)
 	$(BIN)/python -m pytest -m ''
