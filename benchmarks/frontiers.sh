@@ -32,8 +32,8 @@ case $setting in
           --sweep relaxloss:relax-alpha=0.5,1,2) ;;
   cifar10)
     args=(--dataset cifar10 --model cnn --target-size 5000 --epochs 30 --seeds 2 --shadows 4
-          --sweep mmd:mmd-weight=0.05,0.25,1 --sweep mmd-mixup:mmd-weight=0.05,0.25,1
-          --sweep dp-sgd:noise-multiplier=0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
+          --sweep mmd:mmd-weight=0.05,0.25,1,4 --sweep mmd-mixup:mmd-weight=0.05,0.25,1,4
+          --sweep dp-sgd:noise-multiplier=0.3,0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
           --sweep relaxloss:relax-alpha=0.5,1,2) ;;
   *) echo "unknown setting $setting" >&2; exit 2 ;;
 esac
