@@ -27,7 +27,7 @@ case $setting in
           --sweep relaxloss:relax-alpha=0.5,1,2) ;;
   location30-paper)
     args=(--dataset location30 --preset paper --seeds 3 --shadows 8
-          --sweep mmd:mmd-weight=0.1,0.5,2,6.5 --sweep mmd-mixup:mmd-weight=0.1,0.5,2,6.5
+          --sweep mmd:mmd-weight=0.1,0.5,2,6.5,20 --sweep mmd-mixup:mmd-weight=0.1,0.5,2,6.5,20
           --sweep dp-sgd:noise-multiplier=0.3,0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
           --sweep relaxloss:relax-alpha=0.5,1,2) ;;
   cifar10)
