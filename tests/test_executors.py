@@ -389,6 +389,7 @@ def test_audit_shards_fill_the_chunk_cache_and_the_final_run_reports_as_a_whole_
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # the slowest test of the file (nested Ray tasks): `make test-all` runs it
 def test_benchmark_cells_with_shadow_chunks_on_ray_equal_the_local_ones(ray_cluster, local_cells, tmp_path):
     from tfmi.benchmark import _inside_ray
 
