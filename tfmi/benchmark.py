@@ -469,10 +469,11 @@ class CellStore:
         check_output_dir(self.out, "benchmark", force=force, reuse=True)
         manifest = self.out / MANIFEST_FILE
         if self.out.exists() and any(self.out.iterdir()):
-            stored = self._read_manifest(manifest)
-            if stored != spec.to_dict() and not (stored and _extends(stored, spec.to_dict())):
+            stored, wanted = self._read_manifest(manifest), spec.to_dict()
+            differing = _differing_fields(stored, wanted) if stored else None
+            if stored != wanted and not (differing and set(differing) <= _CELL_SET_FIELDS):
                 if not force:
-                    what = _difference(stored, spec.to_dict()) if stored else "it holds no benchmark.json"
+                    what = "differs in " + ", ".join(differing) if stored else "it holds no benchmark.json"
                     raise TfmiError(
                         f"{self.out} holds results of a different benchmark ({what}): use another --out, "
                         "or --force to discard them"
@@ -533,17 +534,12 @@ class CellStore:
 
 # A cell's key leaves out which settings and seeds its benchmark lists, so a benchmark that differs only
 # in those shares every common cell: it may reuse the folder (more seeds, another sweep value).
-_CELL_SET_FIELDS = ("defenses", "seeds")
+_CELL_SET_FIELDS = frozenset({"defenses", "seeds"})
 
 
-def _extends(stored: dict, wanted: dict) -> bool:
-    """True when ``wanted`` differs from ``stored`` only in which cells it lists, not in how one runs."""
-    return all(stored.get(k) == wanted.get(k) for k in set(stored) | set(wanted) if k not in _CELL_SET_FIELDS)
-
-
-def _difference(stored: dict, wanted: dict) -> str:
-    keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-    return "differs in " + ", ".join(keys)
+def _differing_fields(stored: dict, wanted: dict) -> list[str]:
+    """The manifest fields in which two benchmarks differ, sorted."""
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
 
 
 # --------------------------------------------------------------------------------------- summaries
