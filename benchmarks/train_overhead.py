@@ -21,7 +21,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tfmi.data import load_dataset, membership_split  # noqa: E402
 from tfmi.defenses.config import DefenseConfig  # noqa: E402

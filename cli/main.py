@@ -39,6 +39,7 @@ def cli() -> None:
 def _register() -> None:
     from cli.audit_command import audit
     from cli.benchmark_command import benchmark
+    from cli.compare_command import compare
     from cli.datasets_command import datasets
     from cli.train_command import train
 
@@ -46,6 +47,7 @@ def _register() -> None:
     cli.add_command(datasets)
     cli.add_command(audit)
     cli.add_command(benchmark)
+    cli.add_command(compare)
 
 
 _register()

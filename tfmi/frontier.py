@@ -58,6 +58,18 @@ METRICS = {
 TPR_LIMITS = (0.05, 0.02)
 #: the undefended defense, marked apart in plots
 UNDEFENDED = "none"
+#: joins a defense to the run it comes from when frontiers of several benchmarks are compared
+RUN_SEPARATOR = "@"
+
+
+def split_run(defense: str) -> tuple[str, str | None]:
+    """``"mmd@paper"`` -> ``("mmd", "paper")``; a defense of a single benchmark has no run.
+
+    >>> split_run("dp-sgd@defaults"), split_run("none")
+    (('dp-sgd', 'defaults'), ('none', None))
+    """
+    base, _, run = defense.partition(RUN_SEPARATOR)
+    return base, run or None
 
 FRONTIER_HEADERS = ("defense", "points", "on frontier", *(f"best test acc @ TPR@1% <= {limit:.0%}"
                                                           for limit in TPR_LIMITS),

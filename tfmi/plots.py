@@ -325,7 +325,7 @@ def _frontier_figure(points: Sequence[FrontierPoint], *, title: str = "") -> Fig
     Each line's ``gid`` names what it draws: ``"<defense>:points"`` (every setting of the defense) and
     ``"<defense>:frontier"`` (its Pareto-optimal settings joined, by increasing privacy metric).
     """
-    from tfmi.frontier import METRICS, UNDEFENDED, pareto_front
+    from tfmi.frontier import METRICS, UNDEFENDED, pareto_front, split_run
 
     points = list(points)
     if not points:
@@ -339,11 +339,16 @@ def _frontier_figure(points: Sequence[FrontierPoint], *, title: str = "") -> Fig
             if getattr(p, metric) is not None:
                 _finite_number(getattr(p, metric), f"{what} {metric}")
     defenses = list(dict.fromkeys(p.defense for p in points))
+    # one colour per defense, one line style per run (frontiers of several benchmarks compared)
+    bases = list(dict.fromkeys(split_run(d)[0] for d in defenses if split_run(d)[0] != UNDEFENDED))
+    runs = list(dict.fromkeys(split_run(d)[1] for d in defenses))
+    color_of = {base: f"C{i % 10}" for i, base in enumerate(bases)}
+    style_of = {run: ("-", "--", ":", "-.")[i % 4] for i, run in enumerate(runs)}
+    star_of = {run: ("*", "P", "X", "D")[i % 4] for i, run in enumerate(runs)}
 
     fig = _new_figure((2 * FIGSIZE[0], FIGSIZE[1]))
     axes = fig.subplots(1, len(METRICS), squeeze=False).ravel()
     for ax, (metric, name) in zip(axes, METRICS.items(), strict=True):
-        colors = iter(f"C{i}" for i in range(10_000))
         drawn = 0
         for defense in defenses:
             group = [p for p in points if p.defense == defense and getattr(p, metric) is not None]
@@ -352,11 +357,12 @@ def _frontier_figure(points: Sequence[FrontierPoint], *, title: str = "") -> Fig
             drawn += len(group)
             xs = [getattr(p, metric) for p in group]
             ys = [p.test_accuracy for p in group]
-            if defense == UNDEFENDED:
-                ax.plot(xs, ys, ls="none", marker="*", ms=13, color="black", label="none (undefended)",
-                        gid=f"{defense}:points", zorder=3)
+            base, run = split_run(defense)
+            if base == UNDEFENDED:
+                ax.plot(xs, ys, ls="none", marker=star_of[run], ms=13 if star_of[run] == "*" else 9,
+                        color="black", label=f"{defense} (undefended)", gid=f"{defense}:points", zorder=3)
                 continue
-            color = next(colors)
+            color = color_of[base]
             ax.plot(xs, ys, ls="none", marker="o", ms=5, alpha=0.45, color=color, gid=f"{defense}:points")
             for p, x, y in zip(group, xs, ys, strict=True):
                 setting = p.label.removeprefix(defense).strip(" ()")
@@ -365,7 +371,7 @@ def _frontier_figure(points: Sequence[FrontierPoint], *, title: str = "") -> Fig
                                 color=color)
             front = pareto_front(group, metric)
             ax.plot([getattr(p, metric) for p in front], [p.test_accuracy for p in front], marker="o", ms=6,
-                    lw=1.5, color=color, label=defense, gid=f"{defense}:frontier")
+                    lw=1.5, ls=style_of[run], color=color, label=defense, gid=f"{defense}:frontier")
         if not drawn:
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center")
         ax.set_xlabel(f"{name} (lower = more private)")
@@ -384,7 +390,9 @@ def plot_frontier(points: Sequence[FrontierPoint], path: str | os.PathLike, *, t
 
     Every point is drawn, annotated with its setting (its label without the defense's name); one line
     per defense joins its Pareto-optimal points (`tfmi.frontier`); the undefended model (defense
-    ``none``) is a black star. Points without a metric are left out of that panel.
+    ``none``) is a black star. Points without a metric are left out of that panel. Defenses of compared
+    runs (``mmd@paper``, see `tfmi.frontier_comparison`) share their defense's colour and take one line
+    style (and undefended marker) per run.
 
     >>> import os, tempfile
     >>> from tfmi.frontier import FrontierPoint

@@ -1,11 +1,11 @@
 """Writing results without costing anyone their data: tfmi's output folders, locks and atomic files.
 
-Every folder tfmi writes (``tfmi train``, ``tfmi audit``, ``tfmi benchmark``) holds a marker file,
-``.tfmi-output``, that names the kind of output and every entry tfmi put there. The rules:
+Every folder tfmi writes (``tfmi train``, ``tfmi audit``, ``tfmi benchmark``, ``tfmi compare``) holds
+a marker file, ``.tfmi-output``, that names the kind of output and every entry tfmi put there. The rules:
 
 * a folder that is not empty and has no marker is never written to, ``--force`` or not;
 * ``--force`` replaces only an output of the same kind, and only the entries its marker lists
-  (anything else in the folder is refused for train/audit, and left alone by a benchmark);
+  (anything else in the folder is refused for train, audit and compare, and left alone by a benchmark);
 * one process at a time: `output_lock` takes an exclusive ``flock`` beside the folder, and a second
   process on the same ``--out`` fails at once with the first one's pid;
 * `check_output_dir` runs before any work: it refuses the current directory, a path under a
@@ -44,7 +44,7 @@ from tfmi.errors import TfmiError, first_line
 
 MARKER_FILE = ".tfmi-output"
 LOCK_SUFFIX = ".tfmi-lock"
-OUTPUT_KINDS = ("train", "audit", "benchmark")
+OUTPUT_KINDS = ("train", "audit", "benchmark", "comparison")
 
 _UMASK_LOCK = threading.Lock()
 #: outputs this process has locked (the lock is re-entrant within one process)
@@ -197,6 +197,8 @@ def legacy_marker(out: Path, kind: str) -> dict | None:
     Recognised only when the kind's identifying JSON file is there and parses, and every entry of
     ``out`` is one that kind of output writes; anything else is not taken for tfmi's.
     """
+    if kind not in _LEGACY:  # kinds that always had a marker
+        return None
     identity, names = _LEGACY[kind]
     try:
         if not isinstance(json.loads((out / identity).read_text()), dict):
