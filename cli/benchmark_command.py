@@ -23,9 +23,9 @@ from cli.options import (
     executor_options,
     recipe_options,
 )
+from tfmi.defenses.config import DEFAULT_DEFENSES
 from tfmi.training_config import TRAIN_DEFAULTS
 
-DEFAULT_DEFENSES = "none,mmd-mixup,dp-sgd"
 DEFAULT_OUT = Path("tfmi-benchmarks")
 
 
@@ -37,9 +37,11 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
               help="Label column of a .csv dataset.")
 @click.option("--model", "model_name", default=None,
               help=f"{MODEL_LIST} [default: the dataset's usual model].")
-@click.option("--defenses", default=DEFAULT_DEFENSES, show_default=True,
-              help="Comma list of defenses (see `tfmi train --help`); their parameters are the "
-                   "options below.")
+@click.option("--defenses", default=None,
+              help="Comma list of defenses (see `tfmi train --help`); their parameters are the options "
+                   f"below [default: {','.join(DEFAULT_DEFENSES['images'])} on images, "
+                   f"{','.join(DEFAULT_DEFENSES['tabular'])} on tabular data, where the authors used no "
+                   "mixup and it costs accuracy].")
 @click.option("--sweep", "sweeps", multiple=True, metavar="DEFENSE:PARAM=V1,V2,...",
               help="One row per value of a defense parameter (an option name below, e.g. "
                    "mmd-mixup:mmd-weight=0.5,2,6.5); replaces the defense's row, or adds the defense if "
@@ -93,7 +95,7 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
     from tfmi.attacks.suite import parse_attacks
     from tfmi.benchmark import BenchmarkSpec, CellStore, data_fingerprint, expand_sweeps, parse_sweep
     from tfmi.data import load_dataset, membership_split
-    from tfmi.defenses.config import DefenseConfig
+    from tfmi.defenses.config import DefenseConfig, default_defenses
     from tfmi.errors import TfmiError
     from tfmi.models import check_model_name
     from tfmi.safe_write import check_output_dir, output_lock
@@ -125,15 +127,23 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
             target_size = chosen_preset.target_size
     aliases = {flag.lstrip("-"): field for flag, field, _, _ in DEFENSE_OPTIONS}
     parsed_sweeps = [parse_sweep(text, aliases) for text in sweeps]
-    names = [name.strip() for name in defenses.split(",") if name.strip()]
-    names += [n for n in dict.fromkeys(s.defense for s in parsed_sweeps) if n not in names]
-    defense_configs = expand_sweeps([DefenseConfig(name, **parameters) for name in names], parsed_sweeps)
+
+    def defense_settings(listed: str):
+        names = [name.strip() for name in listed.split(",") if name.strip()]
+        names += [n for n in dict.fromkeys(s.defense for s in parsed_sweeps) if n not in names]
+        return expand_sweeps([DefenseConfig(name, **parameters) for name in names], parsed_sweeps)
+
+    # without --defenses the rows follow the data's kind, known once it is read: check both now
+    candidates = [defenses] if defenses is not None else [",".join(d) for d in DEFAULT_DEFENSES.values()]
+    defense_configs = [defense_settings(listed) for listed in candidates][0]
     chosen_attacks = parse_attacks(attacks)
     TrainConfig(model_name or "mlp", seed=seeds - 1, **settings)
     if out is not None:
         check_output_dir(out, "benchmark", force=force, reuse=True)
     data = load_dataset(dataset, data_dir, label_column=label_column)
     model_name = check_model_name(model_name or data.default_model)
+    if defenses is None:
+        defense_configs = defense_settings(",".join(default_defenses(data.input_shape)))
     spec = BenchmarkSpec(
         dataset=data.name, data_fingerprint=data_fingerprint(data),
         train=TrainConfig(model_name, **settings),

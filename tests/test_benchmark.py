@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import tfmi.benchmark as benchmark_module
 from cli.main import cli
+from tests.fixtures import random_binary
 from tfmi.benchmark import BenchmarkSpec, Stat, summarize
 from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
@@ -113,6 +114,24 @@ def test_a_different_configuration_is_refused_unless_forced(tmp_path):
     assert "train" in result.output  # names what differs
     assert run([*changed, "--force"]).exit_code == 0
     assert json.loads((out / "benchmark.json").read_text())["train"]["epochs"] == 2
+
+
+def test_default_rows_follow_the_kind_of_data(tmp_path, monkeypatch):
+    """Mixup only on images, as the authors ran it: tabular data get MMD without mixup."""
+    features, labels = random_binary(300, 20, 3)
+    table = tmp_path / "table.npz"
+    np.savez(table, x=features.astype("float32"), y=labels - 1)
+    common = ["benchmark", "--epochs", "1", "--target-size", "80", "--shadows", "0", "--attacks", "gap"]
+    cases = ((str(table), [], ["none", "mmd", "dp-sgd"]), ("digits", [], ["none", "mmd-mixup", "dp-sgd"]),
+             (str(table), ["--defenses", "none,mmd-mixup"], ["none", "mmd-mixup"]))
+    for i, (dataset, extra, rows) in enumerate(cases):
+        stop = CountingRunCell(benchmark_module.run_cell, interrupt_at=1)  # the rows are chosen by then
+        monkeypatch.setattr(benchmark_module, "run_cell", stop)
+        out = tmp_path / f"bench{i}"
+        result = run([*common, "--dataset", dataset, *extra, "--out", str(out)])
+        assert result.exit_code == 130, result.output
+        assert [d["name"] for d in json.loads((out / "benchmark.json").read_text())["defenses"]] == rows
+        assert stop.calls == [(rows[0], 0)]
 
 
 @pytest.mark.parametrize("extra, message", [
