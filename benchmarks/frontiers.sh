@@ -2,7 +2,7 @@
 # The privacy/utility frontiers of docs/frontiers.md (issue 11): every defense swept over its strength.
 #
 #   benchmarks/frontiers.sh SETTING [OUT_ROOT [TFMI OPTIONS...]]
-#       SETTING: location30-defaults | location30-paper | cifar10
+#       SETTING: location30-defaults | location30-paper | location30-paper-dp30 | cifar10
 #
 # Options after OUT_ROOT go to `tfmi benchmark` as they are: `--shard 0/2` and `--shard 1/2` in two
 # processes share the cache (then run once without --shard to write the results), `--executor ray`
@@ -12,7 +12,7 @@
 # re-running continues where a run stopped. Data come from TFMI_DATA_DIR (default ../shared/data).
 # Cost on 2 CPU cores: results.json records each cell's seconds and the total.
 set -euo pipefail
-setting=${1:?usage: benchmarks/frontiers.sh location30-defaults|location30-paper|cifar10 [OUT_ROOT]}
+setting=${1:?usage: benchmarks/frontiers.sh location30-defaults|location30-paper|location30-paper-dp30|cifar10 [OUT_ROOT]}
 root=${2:-tfmi-frontiers}
 here=$(cd "$(dirname "$0")/.." && pwd)
 tfmi=${TFMI:-$here/.venv/bin/tfmi}
@@ -30,6 +30,11 @@ case $setting in
           --sweep mmd:mmd-weight=0.1,0.5,2,6.5,20 --sweep mmd-mixup:mmd-weight=0.1,0.5,2,6.5,20
           --sweep dp-sgd:noise-multiplier=0.3,0.5,1,2 --sweep advreg:adv-weight=0.3,1,3
           --sweep relaxloss:relax-alpha=0.5,1,2) ;;
+  location30-paper-dp30)
+    # DP-SGD on the authors' network and optimizer, with a third of their epochs: 100 epochs of SGD 0.1
+    # with momentum memorize through noise 0.3 (train 0.998, epsilon 493); compare with `tfmi compare`
+    args=(--dataset location30 --preset paper --epochs 30 --seeds 3 --shadows 8
+          --sweep dp-sgd:noise-multiplier=0.3,0.5,1,2) ;;
   cifar10)
     # reduced for 2 CPU cores (about 4.5 h on two shards): per epoch on 2,500 members, the small CNN
     # takes ~3.5 s, DP-SGD ~12 s, so 5,000 members and 30 epochs would take ~11 h
