@@ -73,13 +73,16 @@ def _tables(comparison):
     from tfmi.frontier import FRONTIER_HEADERS, frontier_table_rows
 
     runs = [[r.name, r.recipe(), str(r.path)] for r in comparison.runs]
-    overall = [[p.label, f"{p.test_accuracy:.3f}", _fmt(p.tpr_at_1pct), _fmt(p.advantage)]
-               for p in comparison.overall_front]
+    def listed(front):
+        return [[p.label, f"{p.test_accuracy:.3f}", _fmt(p.tpr_at_1pct), _fmt(p.advantage)] for p in front]
+
     return [("runs", ("run", "recipe", "results"), runs),
             ("frontiers (privacy axis shared by all runs)", FRONTIER_HEADERS,
              frontier_table_rows(comparison.frontiers)),
-            ("overall frontier, by TPR@1%FPR (every other setting is beaten on both axes by one of these)",
-             OVERALL_HEADERS, overall)]
+            ("overall frontier by TPR@1%FPR (every other setting is beaten on both axes by one of these)",
+             OVERALL_HEADERS, listed(comparison.overall_front)),
+            ("overall frontier by max advantage", OVERALL_HEADERS,
+             listed(comparison.overall_front_advantage))]
 
 
 def _fmt(value):

@@ -70,7 +70,11 @@ def test_compare_merges_two_recipes_on_one_privacy_axis(two_recipes, tmp_path):
     assert read_marker(out)["kind"] == "comparison"
     assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "comparison.json", "comparison.md",
                                                      "frontier.png"]
-    assert "## Overall frontier" in (out / "comparison.md").read_text()
+    markdown = (out / "comparison.md").read_text()
+    assert "## Overall frontier by TPR@1%FPR" in markdown
+    assert "## Overall frontier by max advantage" in markdown
+    for p in comparison.overall_front_advantage:
+        assert f"| {p.label} |" in markdown
 
     again = run(["compare", f"short={two_recipes / 'short'}", f"long={two_recipes / 'long'}",
                  "--out", str(out)])
