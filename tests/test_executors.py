@@ -411,3 +411,37 @@ def test_benchmark_cells_with_shadow_chunks_on_ray_equal_the_local_ones(ray_clus
     refused = run([*TINY, "--shadows", "0", "--attacks", "gap", "--shadows-per-task", "2",
                    "--out", tmp_path / "x"], catch=True)
     assert refused.exit_code == 2 and "pass --shadows K" in refused.output and not (tmp_path / "x").exists()
+
+
+class _StopAtExecutor(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command", ["benchmark", "audit"])
+def test_ray_options_reach_the_executor_from_the_command_line(tmp_path, monkeypatch, command):
+    """--ray-address, --cpus-per-task, --gpus-per-task and --max-retries end up in the executor the
+    command makes, unchanged (the executor itself is tested above with a real Ray)."""
+    import tfmi.executors as executors
+
+    seen = []
+
+    def capture(config):
+        seen.append(config)
+        raise _StopAtExecutor
+
+    monkeypatch.setattr(executors, "make_executor", capture)
+    monkeypatch.setattr(executors, "check_ray_installed", lambda: None)  # Ray need not be installed
+    options = ["--executor", "ray", "--ray-address", "10.0.0.5:6379", "--cpus-per-task", "2",
+               "--gpus-per-task", "0.25", "--max-retries", "5"]
+    if command == "benchmark":
+        args = [*TINY, *options, "--out", tmp_path / "bench"]
+    else:
+        trained = tmp_path / "model"
+        assert run(["train", "--model", "mlp", "--epochs", "1", "--target-size", "100", "--out", trained]
+                   ).exit_code == 0
+        args = ["audit", trained, "--shadows", "2", "--attacks", "loss", *options,
+                "--out", tmp_path / "audit"]
+    with pytest.raises(_StopAtExecutor):
+        run(args)
+    assert [(c.name, c.address, c.cpus_per_task, c.gpus_per_task, c.max_retries) for c in seen] == \
+        [("ray", "10.0.0.5:6379", 2.0, 0.25, 5)]
