@@ -183,12 +183,13 @@ def test_a_device_is_not_read(tmp_path):
     (["a=A"], "compare needs at least two benchmarks"),
     (["a b=A", "c=A"], "run name 'a b' must be"),
     (["a=A", "c@d=A"], "run name 'c@d' must be"),
-    (["a=A", "b=A", "--rows", " , "], "--rows is empty"),
-    (["a=A", "b=A", "--rows", "mmd"], "no defense 'mmd' in the runs compared"),
+    (["a=A", "b=A"], "runs a and b are the same benchmark"),
+    (["a=A", "b=B", "--rows", " , "], "--rows is empty"),
+    (["a=A", "b=B", "--rows", "mmd"], "no defense 'mmd' in the runs compared"),
 ])
 def test_bad_arguments_fail_cleanly(tmp_path, args, message):
-    folder = results(tmp_path, "A")
-    args = [a.replace("=A", f"={folder}") for a in args]
+    folders = {"=A": results(tmp_path, "A"), "=B": results(tmp_path, "B")}
+    args = [next((a.replace(k, f"={v}") for k, v in folders.items() if a.endswith(k)), a) for a in args]
     result = run(["compare", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1

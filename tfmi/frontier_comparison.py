@@ -217,6 +217,13 @@ def compare_frontiers(runs: Mapping[str, str | Path],
                         "paper=tfmi-benchmarks/b")
     loaded = [load_run(name, path) for name, path in runs.items()]
     compared = [run for run, _ in loaded]
+    seen: dict[Path, str] = {}
+    for run in compared:
+        file = results_path(run.path).resolve()
+        if file in seen:
+            raise TfmiError(f"runs {seen[file]} and {run.name} are the same benchmark ({file}): give each "
+                            "benchmark once")
+        seen[file] = run.name
     _check_comparable(compared)
     points = [p for _, pts in loaded for p in pts]
     if rows:
