@@ -42,7 +42,7 @@ def compare(runs, rows, out, force) -> None:
     Each NAME=FOLDER is a folder `tfmi benchmark` finished in (or its results.json); one benchmark has
     one training recipe, so this is how each defense is judged at its own best recipe, e.g.
 
-        tfmi compare defaults=docs/frontiers/location30-defaults paper=docs/frontiers/location30-paper
+        tfmi compare defaults=tfmi-benchmarks/location30-mlp paper=tfmi-benchmarks/location30-mlp3
 
     Defenses are named DEFENSE@NAME. Prints each one's frontier summary, with the privacy axis shared
     by all runs so the areas compare, and the overall frontier: the settings of any defense and run
