@@ -201,18 +201,20 @@ def _audit(model, signature, members, non_members, population, label_column, dat
     shadows = None
     pool = np.sort(np.concatenate([member_idx, non_member_idx]))
     if shadow_config is not None:
-        from tfmi.attacks.shadow import train_shadows
+        from tfmi.attacks.shadow import train_shadows, training_failed
 
+        # shadows that fail to train are redone when the audited model trained (`training_failed`)
+        retrain = not training_failed(float(signals.correct[:len(member_idx)].mean()), data.y[member_idx])
         with_defense = f" with defense {defense.name}" if defense is not None else ""
         click.echo(f"training   {num_shadows} {shadow_config.model} shadows{with_defense} on random "
                    f"halves of the {len(pool)} audited records ({shadow_epochs} epochs) ...")
         if executor_config is None:
             shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed,
-                                    defense=defense)
+                                    defense=defense, retrain_failed=retrain)
         else:
             shadows = _train_shadows_in_chunks(executor_config, data, pool, shadow_config, member_idx,
                                                non_member_idx, population_idx, flip, num_shadows, seed,
-                                               shadows_per_task, defense, out, shard)
+                                               shadows_per_task, defense, out, shard, retrain)
             if shard is not None:
                 return
 
@@ -333,7 +335,7 @@ def _data_from_files(loaded, members: Path, non_members: Path, population: Path 
 
 
 def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, non_member_idx, population_idx,
-                             flip, num_shadows, seed, per_task, defense, out, shard):
+                             flip, num_shadows, seed, per_task, defense, out, shard, retrain_failed):
     """The shadows in chunks on the chosen executor, cached in ``out`` as they finish, with a progress bar;
     a shard trains its own chunks only, reports, and returns None."""
     from tfmi.attacks.shadow import shadow_chunks
@@ -343,7 +345,7 @@ def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, no
 
     queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
     store = ShadowChunkStore(out, data, pool, config, queries, num_shadows=num_shadows, seed=seed,
-                             per_task=per_task, defense=defense)
+                             per_task=per_task, defense=defense, retrain_failed=retrain_failed)
     chunks = shadow_chunks(num_shadows, per_task)
     mine = chunks if shard is None else shard.select(chunks)
     cached = [c for c in chunks if store.has(c)]
@@ -357,7 +359,7 @@ def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, no
                                show_pos=True) as bar:
             shadows = train_shadows_on(executor, data, pool, config, queries, num_shadows=num_shadows,
                                        seed=seed, per_task=per_task, defense=defense, store=store,
-                                       chunks=None if shard is None else mine,
+                                       chunks=None if shard is None else mine, retrain_failed=retrain_failed,
                                        on_done=lambda chunk, _: bar.update(chunk[1] - chunk[0]))
     finally:
         executor.close()

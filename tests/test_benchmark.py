@@ -62,6 +62,7 @@ def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_pat
         gap_result = next(r for r in cell["report"]["results"] if r["attack"] == "gap")
         assert gap_result["accuracy"] == pytest.approx(0.5 + cell["generalization_gap"] / 2, abs=1e-12)
         assert any(r["attack"].startswith("LiRA online") for r in cell["report"]["results"])
+        assert cell["shadows_retrained"] == [0, 0]  # both shadows trained (none failed)
     for name in ("results.md", "privacy_utility.png", "roc_none.png", "roc_l2.png"):
         assert (out / name).is_file()
     assert "| none |" in (out / "results.md").read_text()

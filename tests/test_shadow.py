@@ -211,3 +211,108 @@ def test_each_epoch_feeds_every_shadow_its_own_records_once(digits):
             fed = np.concatenate([y[k][w[k] > 0] for y, w in epoch])
             assert np.array_equal(np.sort(fed), np.flatnonzero(masks[k]))
             assert all(w[k].sum() > 0 for _, w in epoch)  # never an empty step
+
+
+# ------------------------------------------------------------------------------- failed shadows
+
+
+def _collapsed(model: keras.Model) -> keras.Model:
+    """The model with its last layer made to predict class 0 for every input: a diverged training."""
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    bias = np.zeros_like(bias)
+    bias[0] = 1e4
+    last.set_weights([np.zeros_like(kernel), bias])
+    return model
+
+
+@pytest.fixture()
+def failing_first_attempt(monkeypatch):
+    """Shadow 1's first training (and, with ``always``, every training) fails."""
+    import tfmi.attacks.shadow as shadow_module
+
+    real, calls = shadow_module._train_one_shadow, []
+    state = {"fail_seed": None, "always": False}
+
+    def train_one(data, inside, outside, config, defense, seed):
+        calls.append(seed)
+        model = real(data, inside, outside, config, defense, seed)
+        return _collapsed(model) if state["always"] or seed == state["fail_seed"] else model
+
+    monkeypatch.setattr(shadow_module, "_train_one_shadow", train_one)
+    return state, calls
+
+
+def test_a_shadow_whose_training_failed_is_retrained_with_a_new_seed(digits, pool, failing_first_attempt):
+    from tfmi.attacks.shadow import _shadow_seeds
+
+    state, calls = failing_first_attempt
+    config = TrainConfig("mlp", epochs=3, batch_size=32)
+    state["fail_seed"] = _shadow_seeds(5, 3)[1]
+    kept = train_shadows(digits, pool, config, num_shadows=3, seed=5, batched=False)
+    assert kept.retrained.tolist() == [0, 0, 0] and kept.train_accuracy[1] < 0.2  # kept as it failed
+    calls.clear()
+    redone = train_shadows(digits, pool, config, num_shadows=3, seed=5, batched=False, retrain_failed=True)
+    assert redone.retrained.tolist() == [0, 1, 0]
+    assert len(calls) == 4 and calls[2] not in calls[:2]  # one more training, with a seed of its own
+    assert redone.train_accuracy.min() > 0.5
+    from tfmi.attacks.suite import run_attacks
+
+    members = pool[:60]
+    report = run_attacks(redone.shadow_model(0), digits, members, np.setdiff1d(pool, members)[:60],
+                         attacks="loss", shadows=redone)
+    assert any(note.startswith("1 of 3 shadows failed to train") for note in report.notes)
+    assert np.array_equal(redone.masks, kept.masks)  # the design is unchanged: same IN records
+    logits = redone.logits(digits.x[pool])
+    assert np.array_equal(logits[0], kept.logits(digits.x[pool])[0])  # healthy shadows are untouched
+
+
+def test_retraining_stops_after_a_bounded_number_of_attempts(digits, pool, failing_first_attempt):
+    from tfmi.attacks.shadow import MAX_RETRAINS
+
+    state, calls = failing_first_attempt
+    state["always"] = True
+    shadows = train_shadows(digits, pool, TrainConfig("mlp", epochs=1, batch_size=32), num_shadows=2, seed=0,
+                            batched=False, retrain_failed=True)
+    assert shadows.retrained.tolist() == [MAX_RETRAINS, MAX_RETRAINS]
+    assert len(calls) == 2 * (MAX_RETRAINS + 1)
+
+
+def test_cached_cells_are_recomputed_unless_retraining_could_not_change_them(digits):
+    from tfmi.benchmark import BenchmarkSpec, unchanged_by_retraining
+
+    spec = BenchmarkSpec(dataset="digits", data_fingerprint="x", train=TrainConfig("mlp"),
+                         defenses=(DefenseConfig(),), seeds=(0,), attacks=("loss",), num_shadows=8,
+                         target_size=400)
+    cell = spec.cells()[0]
+
+    def record(target, shadows_mean, **extra):
+        return {"train_accuracy": target, "report": {"num_shadows": 8, "shadow_train_accuracy": shadows_mean},
+                **extra}
+
+    assert unchanged_by_retraining(record(1.0, 1.0), digits, cell)  # no shadow can have failed
+    assert not unchanged_by_retraining(record(1.0, 0.88), digits, cell)  # one may have: recompute
+    assert unchanged_by_retraining(record(0.05, 0.05), digits, cell)  # the target failed: no retraining
+    assert unchanged_by_retraining(record(1.0, 0.5, shadows_retrained=[0] * 8), digits, cell)
+    assert unchanged_by_retraining({"train_accuracy": 1.0, "report": {"num_shadows": 0}}, digits, cell)
+
+
+def test_chunks_trained_elsewhere_bring_their_retraining_counts_back(digits, pool, tmp_path,
+                                                                    failing_first_attempt):
+    from tfmi.attacks.shadow import _shadow_seeds
+    from tfmi.executors import LocalExecutor
+    from tfmi.shadow_chunks import ShadowChunkStore, train_shadows_on
+
+    state, _ = failing_first_attempt
+    state["fail_seed"] = _shadow_seeds(2, 2)[1]
+    config, defense = TrainConfig("mlp", epochs=2, batch_size=32), DefenseConfig("l2")
+    queries = digits.x[pool]
+    store = ShadowChunkStore(tmp_path, digits, pool, config, queries, num_shadows=2, seed=2, per_task=1,
+                             defense=defense, retrain_failed=True)
+    shadows = train_shadows_on(LocalExecutor(), digits, pool, config, queries, num_shadows=2, seed=2,
+                               per_task=1, defense=defense, store=store, retrain_failed=True)
+    assert shadows.retrained.tolist() == [0, 1]
+    assert store.load((1, 2)).retrained.tolist() == [1]  # saved with the chunk, read back without pickle
+    plain = ShadowChunkStore(tmp_path, digits, pool, config, queries, num_shadows=2, seed=2, per_task=1,
+                             defense=defense)
+    assert plain.key != store.key  # chunks trained without retraining are cached apart

@@ -155,19 +155,24 @@ def audit(
         data, population_idx = append_records(data, population)
     shadow_set = None
     if shadows:
-        from tfmi.attacks.shadow import train_shadows
+        from tfmi.attacks.shadow import train_shadows, training_failed
 
         config = shadow_config or TrainConfig(shadow_model or data.default_model, seed=seed)
         pool = np.concatenate([member_idx, non_member_idx])
+        # shadows that fail to train are redone when the audited model trained (`training_failed`)
+        member_outputs = model_outputs(model, data.x[member_idx], outputs=outputs).values
+        member_accuracy = float(np.mean(np.argmax(member_outputs, axis=1) == data.y[member_idx]))
+        retrain = not training_failed(member_accuracy, data.y[member_idx])
         if executor is None and shadows_per_task is None:
-            shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed)
+            shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed,
+                                       retrain_failed=retrain)
         else:
             queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx,
                                      flip=bool(attack_options.get("flip")))
             runner = make_executor(executor or ExecutorConfig())
             try:
                 shadow_set = train_shadows_on(runner, data, pool, config, queries, num_shadows=shadows,
-                                              seed=seed, per_task=shadows_per_task)
+                                              seed=seed, per_task=shadows_per_task, retrain_failed=retrain)
             finally:
                 runner.close()
     report = run_attacks(model, data, member_idx, non_member_idx, attacks=attacks, shadows=shadow_set,

@@ -362,7 +362,7 @@ def run_cell(
     """
     import keras
 
-    from tfmi.attacks.shadow import train_shadows
+    from tfmi.attacks.shadow import train_shadows, training_failed
     from tfmi.attacks.suite import run_attacks, shadow_pool
     from tfmi.data.splits import membership_split
     from tfmi.training import train_target
@@ -375,9 +375,11 @@ def run_cell(
     target = train_target(data, split, config, cell.defense, verbose=0)
     shadows = None
     pool = shadow_pool(split, "online")
+    # shadows that fail to train are redone only for a target that trained (see `training_failed`)
+    retrain = not training_failed(target.train_accuracy, data.y[split.members])
     if spec.num_shadows > 0 and spec.shadows_per_task is None:
         shadows = train_shadows(data, pool, config, num_shadows=spec.num_shadows, seed=cell.seed + 1,
-                                defense=cell.defense, progress=shadow_progress)
+                                defense=cell.defense, progress=shadow_progress, retrain_failed=retrain)
     elif spec.num_shadows > 0:
         from tfmi.attacks.suite import shadow_queries
         from tfmi.executors import LocalExecutor
@@ -393,7 +395,8 @@ def run_cell(
         queries = shadow_queries(data, pool, split.members, split.non_members, rmia_population(split))
         shadows = train_shadows_on(shadow_executor or LocalExecutor(), data, pool, config, queries,
                                    num_shadows=spec.num_shadows, seed=cell.seed + 1,
-                                   per_task=spec.shadows_per_task, defense=cell.defense, on_done=chunk_done)
+                                   per_task=spec.shadows_per_task, defense=cell.defense, on_done=chunk_done,
+                                   retrain_failed=retrain)
     report = run_attacks(target.model, data, split.members, split.non_members, attacks=spec.attacks,
                          shadows=shadows, seed=cell.seed, population=rmia_population(split))
     accounting = target.defense.get("accounting") or {}
@@ -409,6 +412,8 @@ def run_cell(
         "epsilon": accounting.get("epsilon"),
         "delta": accounting.get("delta"),
         "defense_record": target.defense,
+        # per shadow, the trainings that failed and were redone (absent in cells cached before)
+        "shadows_retrained": [] if shadows is None else [int(n) for n in shadows.retrained],
         "report": report.to_dict(),
         "seconds": time.perf_counter() - start,
     }
@@ -445,6 +450,35 @@ def rmia_population(split) -> np.ndarray | None:
     """RMIA's population in a benchmark: the split's shadow pool, records the attacker holds that the
     target never saw (not the reference set, whose outputs the MMD defense trains against)."""
     return split.shadow_pool if len(split.shadow_pool) else None
+
+
+def unchanged_by_retraining(record: dict[str, Any], data: Dataset, cell: Cell) -> bool:
+    """Whether a cell's record would come out the same with failed shadows retrained
+    (`tfmi.attacks.shadow.training_failed`), as cells computed since then are.
+
+    True for records that already say which shadows were retrained, cells without shadows, targets
+    that failed to train themselves (their shadows are never retrained), and records that prove no
+    shadow failed: with K shadows of mean accuracy m on their IN records, none is below
+    ``K * m - (K - 1)``; if that lies above every shadow's `chance_level`, none was retrained.
+    """
+    from tfmi.attacks.shadow import chance_level, sample_shadow_masks, training_failed
+    from tfmi.attacks.suite import shadow_pool
+    from tfmi.data.splits import membership_split
+
+    report = record.get("report") or {}
+    k, mean = report.get("num_shadows") or 0, report.get("shadow_train_accuracy")
+    if "shadows_retrained" in record or k == 0:
+        return True
+    spec = cell.spec
+    split = membership_split(data.y, spec.target_size, spec.reference_size, seed=cell.seed)
+    if training_failed(record["train_accuracy"], data.y[split.members]):
+        return True
+    if mean is None:
+        return False
+    pool = shadow_pool(split, "online")
+    masks = sample_shadow_masks(len(pool), k, cell.seed + 1)
+    highest = max(chance_level(data.y[pool[m]]) for m in masks)
+    return k * mean - (k - 1) > highest
 
 
 class CellStore:
@@ -519,14 +553,22 @@ class CellStore:
         except (OSError, ValueError):
             return None
 
-    def load(self, cell: Cell) -> dict[str, Any] | None:
-        """The finished record of ``cell``, or None (missing or unreadable: it will be recomputed)."""
+    def load(self, cell: Cell, data: Dataset | None = None) -> dict[str, Any] | None:
+        """The finished record of ``cell``, or None (missing or unreadable: it will be recomputed).
+
+        With the cell's ``data``, a record cached before failed shadows were retrained is kept only
+        if retraining could not have changed it (`unchanged_by_retraining`), else recomputed.
+        """
         path = self.cells_dir / f"{cell.key()}.json"
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return record if record.get("cell") == cell.to_dict() else None
+        if record.get("cell") != cell.to_dict():
+            return None
+        if data is not None and not unchanged_by_retraining(record, data, cell):
+            return None
+        return record
 
     def save(self, cell: Cell, record: dict[str, Any]) -> Path:
         return write_text_atomic(self.cells_dir / f"{cell.key()}.json", json.dumps(record, indent=1))

@@ -26,10 +26,10 @@ def _shadow_chunk_task(shared: tuple, chunk: tuple[int, int]):
 
     from tfmi.attacks.shadow import train_shadow_outputs
 
-    data, pool, config, queries, num_shadows, seed, defense = shared
+    data, pool, config, queries, num_shadows, seed, defense, retrain_failed = shared
     tf.config.experimental.enable_op_determinism()
     return train_shadow_outputs(data, pool, config, queries, num_shadows=num_shadows, seed=seed, chunk=chunk,
-                                defense=defense)
+                                defense=defense, retrain_failed=retrain_failed)
 
 
 CHUNKS_DIR = "shadow-chunks"
@@ -43,7 +43,8 @@ class ShadowChunkStore:
     """
 
     def __init__(self, out, data: Dataset, pool: np.ndarray, config: TrainConfig, queries: np.ndarray, *,
-                 num_shadows: int, seed: int, per_task: int | None, defense: DefenseConfig | None):
+                 num_shadows: int, seed: int, per_task: int | None, defense: DefenseConfig | None,
+                 retrain_failed: bool = False):
         import hashlib
         import json
 
@@ -54,7 +55,9 @@ class ShadowChunkStore:
             digest.update(str(array.shape).encode() + array.dtype.str.encode())
             digest.update(array.tobytes())
         settings = {"train": config.to_dict(), "defense": (defense or DefenseConfig()).to_dict(),
-                    "shadows": num_shadows, "seed": seed, "per_task": per_task}
+                    "shadows": num_shadows, "seed": seed, "per_task": per_task,
+                    # only when set, so chunks cached before retraining existed keep their names
+                    **({"retrain_failed": True} if retrain_failed else {})}
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         self.key = digest.hexdigest()[:20]
 
@@ -72,7 +75,8 @@ class ShadowChunkStore:
         try:
             with np.load(self.path(chunk), allow_pickle=False) as stored:
                 return ShadowOutputs(int(stored["start"]), int(stored["stop"]), stored["logits"],
-                                     stored["train_accuracy"], stored["test_accuracy"])
+                                     stored["train_accuracy"], stored["test_accuracy"],
+                                     stored["retrained"] if "retrained" in stored.files else None)
         except (OSError, ValueError, KeyError):
             return None
 
@@ -84,14 +88,16 @@ class ShadowChunkStore:
             add_to_marker(self.folder.parent, "audit", [CHUNKS_DIR])
         with atomic_file(self.path(chunk), "wb") as handle:
             np.savez(handle, start=outputs.start, stop=outputs.stop, logits=outputs.logits,
-                     train_accuracy=outputs.train_accuracy, test_accuracy=outputs.test_accuracy)
+                     train_accuracy=outputs.train_accuracy, test_accuracy=outputs.test_accuracy,
+                     retrained=np.zeros(outputs.stop - outputs.start, np.int64) if outputs.retrained is None
+                     else outputs.retrained)
 
 
 def train_shadows_on(
     executor: LocalExecutor | RayExecutor, data: Dataset, pool: np.ndarray, config: TrainConfig,
     queries: np.ndarray, *, num_shadows: int, seed: int, per_task: int | None = None,
     defense: DefenseConfig | None = None, on_done=None, store: ShadowChunkStore | None = None,
-    chunks: list[tuple[int, int]] | None = None,
+    chunks: list[tuple[int, int]] | None = None, retrain_failed: bool = False,
 ):
     """`tfmi.attacks.shadow.train_shadows`, in chunks of ``per_task`` shadows (None: one chunk) run by
     ``executor`` (`tfmi.executors`); the chunks send back their logits on ``queries`` only
@@ -124,7 +130,8 @@ def train_shadows_on(
     for chunk, outputs in list(parts.items()):
         if on_done is not None:
             on_done(chunk, outputs)
-    executor.map(_shadow_chunk_task, (data, pool, config, queries, num_shadows, seed, defense),
+    shared = (data, pool, config, queries, num_shadows, seed, defense, retrain_failed)
+    executor.map(_shadow_chunk_task, shared,
                  [chunk for chunk in wanted if chunk not in parts], on_done=finished,
                  describe=lambda chunk: f"shadows {chunk[0]}..{chunk[1] - 1}")
     if chunks is not None:

@@ -81,6 +81,38 @@ def _shadow_seeds(seed: int, num_shadows: int) -> list[int]:
     return [int(s % (2**31 - 1)) for s in states]
 
 
+def _retry_seed(seed: int, attempt: int) -> int:
+    """The seed of a shadow's ``attempt``-th retraining (1, 2, ...): a function of its first seed only."""
+    return int(np.random.SeedSequence([int(seed), 0xFA11, int(attempt)]).generate_state(1)[0] % (2**31 - 1))
+
+
+#: retrainings of a shadow whose training failed before it is kept as it is
+MAX_RETRAINS = 3
+
+
+def chance_level(labels: np.ndarray) -> float:
+    """The accuracy below which a model's training counts as failed: twice what always predicting the
+    most common of ``labels`` gets. A model there has learned next to nothing (it diverged: a
+    too-large step, a collapse to one class), however the defense meant to train it.
+
+    >>> chance_level(np.array([0, 0, 1, 2]))
+    1.0
+    """
+    labels = np.asarray(labels)
+    return 2.0 * float(np.bincount(labels).max()) / len(labels) if len(labels) else 0.0
+
+
+def training_failed(accuracy: float, labels: np.ndarray) -> bool:
+    """Whether a model with ``accuracy`` on its training records ``labels`` failed to train
+    (`chance_level`). The attacker's shadows are retrained when they fail and the target did not:
+    the target's owner deployed a model that trained, so shadows that did not are no model of it.
+
+    >>> training_failed(0.05, np.arange(30)), training_failed(0.9, np.arange(30))
+    (True, False)
+    """
+    return bool(accuracy <= chance_level(labels))
+
+
 def _optimizer(config: TrainConfig):
     """The target's optimizer (`tfmi.training.make_optimizer`), in its Keras legacy form: the same update
     rule, but fused kernels, several times faster for the large stacked variables of the batched
@@ -210,7 +242,8 @@ class ShadowSet:
     """K trained shadow models and which pool records each trained on.
 
     ``pool`` holds dataset indices (N,); ``masks[k, i]`` is True when ``pool[i]`` was IN for shadow
-    k. ``train_accuracy[k]``/``test_accuracy[k]``: shadow k's accuracy on its IN/OUT pool records.
+    k. ``train_accuracy[k]``/``test_accuracy[k]``: shadow k's accuracy on its IN/OUT pool records;
+    ``retrained[k]``: how often shadow k's training failed and was redone (`training_failed`).
     """
 
     pool: np.ndarray
@@ -220,6 +253,8 @@ class ShadowSet:
     train_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     test_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seeds: list[int] = field(default_factory=list)
+    #: per shadow, how many times its training failed and it was retrained with a new seed
+    retrained: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _network: object = field(default=None, repr=False)  # _StackedDense | _ParallelModels
     _models: list = field(default_factory=list, repr=False)  # sequential: one Keras model per shadow
     _build: tuple = field(default=(), repr=False)  # (input_shape, num_classes) for shadow_model
@@ -302,18 +337,19 @@ class ShadowOutputs:
     logits: np.ndarray
     train_accuracy: np.ndarray
     test_accuracy: np.ndarray
+    retrained: np.ndarray | None = None  # per shadow (None: none retrained)
 
 
 def train_shadow_outputs(
     data: Dataset, pool, config: TrainConfig, queries: np.ndarray, *, num_shadows: int, seed: int,
-    chunk: tuple[int, int], defense: DefenseConfig | None = None,
+    chunk: tuple[int, int], defense: DefenseConfig | None = None, retrain_failed: bool = False,
 ) -> ShadowOutputs:
     """Train shadows ``chunk`` of `train_shadows`'s K-shadow design and keep their logits on ``queries``
     (every input the attacks will ask about; see `tfmi.attacks.suite.shadow_queries`)."""
     shadows = train_shadows(data, pool, config, num_shadows=num_shadows, seed=seed, defense=defense,
-                            chunk=chunk)
+                            chunk=chunk, retrain_failed=retrain_failed)
     return ShadowOutputs(chunk[0], chunk[1], shadows.logits(queries), shadows.train_accuracy,
-                         shadows.test_accuracy)
+                         shadows.test_accuracy, shadows.retrained)
 
 
 def assemble_shadows(
@@ -337,6 +373,8 @@ def assemble_shadows(
                      batched=_batched_supported(config, defense or DefenseConfig()),
                      train_accuracy=np.concatenate([p.train_accuracy for p in parts]),
                      test_accuracy=np.concatenate([p.test_accuracy for p in parts]),
+                     retrained=np.concatenate([np.zeros(p.stop - p.start, np.int64) if p.retrained is None
+                                               else np.asarray(p.retrained, np.int64) for p in parts]),
                      seeds=_shadow_seeds(seed, num_shadows), _build=(data.input_shape, data.num_classes),
                      _stored=(index, table))
 
@@ -383,6 +421,7 @@ def train_shadows(
     masks: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
     chunk: tuple[int, int] | None = None,
+    retrain_failed: bool = False,
 ) -> ShadowSet:
     """Train ``num_shadows`` shadows of ``config.model`` on random halves of ``data`` records ``pool``.
 
@@ -396,6 +435,9 @@ def train_shadows(
     ``chunk=(k0, k1)`` trains only shadows k0..k1-1 of the K-shadow design (their masks and seeds, which
     depend only on ``seed`` and K), so chunks can train anywhere; batched chunks of the same (k0, k1)
     give the same shadows, a different chunking does not (batched shadows share their batch order).
+    ``retrain_failed``: a shadow whose training failed (`training_failed` on its IN records) is trained
+    again with a new seed, up to `MAX_RETRAINS` times, as an attacker facing a target that trained
+    would do (sequential shadows only; batched shadows train without a defense and are kept).
 
     >>> from tfmi.data import load_dataset
     >>> data = load_dataset("digits")
@@ -448,24 +490,44 @@ def train_shadows(
         if progress is not None:
             progress(k)
     else:
+        retrained = np.zeros(k, np.int64)
         for shadow, s in enumerate(seeds):
             inside, outside = pool[masks[shadow]], pool[~masks[shadow]]
-            split = MembershipSplit(s, inside, outside, outside, np.zeros(0, np.int64))
-            plan = plan_training(data, split, dataclasses.replace(config, seed=s), defense)
-            y_fit = data.y[inside]
-            if plan.one_hot_labels:
-                y_fit = keras.utils.to_categorical(y_fit, data.num_classes)
-            validation = None
-            if plan.validate_on_reference:
-                y_val = data.y[outside]
-                if plan.one_hot_labels:
-                    y_val = keras.utils.to_categorical(y_val, data.num_classes)
-                validation = (data.x[outside], y_val)
-            plan.trainable.fit(data.x[inside], y_fit, validation_data=validation, epochs=config.epochs,
-                               batch_size=config.batch_size, shuffle=True, verbose=0,
-                               callbacks=list(plan.callbacks))
-            result._models.append(plan.inner)
+            model = _train_one_shadow(data, inside, outside, config, defense, s)
+            while retrain_failed and retrained[shadow] < MAX_RETRAINS and training_failed(
+                    _accuracy(model, data.x[inside], data.y[inside]), data.y[inside]):
+                retrained[shadow] += 1
+                model = _train_one_shadow(data, inside, outside, config, defense,
+                                          _retry_seed(s, int(retrained[shadow])))
+            result._models.append(model)
             if progress is not None:
                 progress(shadow + 1)
+        result.retrained = retrained
+    if len(result.retrained) != k:
+        result.retrained = np.zeros(k, np.int64)
     result.train_accuracy, result.test_accuracy = _accuracies(result.logits(x), y, masks)
     return result
+
+
+def _train_one_shadow(data: Dataset, inside: np.ndarray, outside: np.ndarray, config: TrainConfig,
+                      defense: DefenseConfig, seed: int) -> keras.Model:
+    """One shadow, trained like the target (`tfmi.training.plan_training`) on ``inside``; a defense that
+    needs held-out reference records gets ``outside``. Returns the plain network (logits)."""
+    split = MembershipSplit(seed, inside, outside, outside, np.zeros(0, np.int64))
+    plan = plan_training(data, split, dataclasses.replace(config, seed=seed), defense)
+    y_fit = data.y[inside]
+    if plan.one_hot_labels:
+        y_fit = keras.utils.to_categorical(y_fit, data.num_classes)
+    validation = None
+    if plan.validate_on_reference:
+        y_val = data.y[outside]
+        if plan.one_hot_labels:
+            y_val = keras.utils.to_categorical(y_val, data.num_classes)
+        validation = (data.x[outside], y_val)
+    plan.trainable.fit(data.x[inside], y_fit, validation_data=validation, epochs=config.epochs,
+                       batch_size=config.batch_size, shuffle=True, verbose=0, callbacks=list(plan.callbacks))
+    return plan.inner
+
+
+def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(predict_in_batches(model, x), axis=1) == np.asarray(y)))

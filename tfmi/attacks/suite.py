@@ -316,6 +316,15 @@ def run_attacks(
         report.num_shadows = shadows.num_shadows
         report.shadow_train_accuracy = float(np.nanmean(shadows.train_accuracy))
         report.shadow_test_accuracy = float(np.nanmean(shadows.test_accuracy))
+        redone = int(np.count_nonzero(shadows.retrained))
+        if redone:
+            from tfmi.attacks.shadow import MAX_RETRAINS
+
+            given_up = int(np.count_nonzero(shadows.retrained >= MAX_RETRAINS))
+            notes.append(f"{redone} of {shadows.num_shadows} shadows failed to train (accuracy on their own "
+                         "records at most twice the most common class's share) and were trained again "
+                         "with new seeds" + (f"; {given_up} still failed after {MAX_RETRAINS} retrainings "
+                                             "and were kept" if given_up else ""))
         pool_x, pool_labels = data.x[shadows.pool], np.asarray(data.y[shadows.pool])
         shadow_logits = shadows.logits(pool_x, batch_size)
         shadow_labels = np.tile(pool_labels, shadows.num_shadows)  # shadow-major, like the flat rows
