@@ -106,8 +106,11 @@ def test_undefended_points_of_each_run_are_markers_and_defenses_keep_one_colour(
 
 
 def test_benchmarks_that_measured_privacy_differently_are_refused(two_recipes, tmp_path):
-    other = tmp_path / "other"
-    assert run([*BASE, "--epochs", "1", "--target-size", "120", "--out", str(other)]).exit_code == 0
+    other = tmp_path / "other"  # the long run's results, as a run with 120 members would have written them
+    other.mkdir()
+    results = json.loads((two_recipes / "long" / "results.json").read_text())
+    results["meta"]["spec"]["target_size"] = 120
+    (other / "results.json").write_text(json.dumps(results))
     out = tmp_path / "compared"
     result = run(["compare", f"short={two_recipes / 'short'}", f"big={other}", "--out", str(out)])
     assert result.exit_code == 2

@@ -272,10 +272,10 @@ def test_retraining_stops_after_a_bounded_number_of_attempts(digits, pool, faili
 
     state, calls = failing_first_attempt
     state["always"] = True
-    shadows = train_shadows(digits, pool, TrainConfig("mlp", epochs=1, batch_size=32), num_shadows=2, seed=0,
+    shadows = train_shadows(digits, pool[:120], TrainConfig("cnn", epochs=1), num_shadows=1, seed=0,
                             batched=False, retrain_failed=True)
-    assert shadows.retrained.tolist() == [MAX_RETRAINS, MAX_RETRAINS]
-    assert len(calls) == 2 * (MAX_RETRAINS + 1)
+    assert shadows.retrained.tolist() == [MAX_RETRAINS]
+    assert len(calls) == MAX_RETRAINS + 1 and len(set(calls)) == len(calls)  # a new seed each time
 
 
 def test_cached_cells_are_recomputed_unless_retraining_could_not_change_them(digits):
