@@ -63,6 +63,9 @@ def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_pat
         assert gap_result["accuracy"] == pytest.approx(0.5 + cell["generalization_gap"] / 2, abs=1e-12)
         assert any(r["attack"].startswith("LiRA online") for r in cell["report"]["results"])
         assert cell["shadows_retrained"] == [0, 0]  # both shadows trained (none failed)
+        in_accuracy = [a for a, _ in cell["shadow_accuracies"]]
+        assert len(in_accuracy) == 2 and cell["report"]["shadow_train_accuracy"] == pytest.approx(
+            np.mean(in_accuracy), abs=1e-5)
     for name in ("results.md", "privacy_utility.png", "roc_none.png", "roc_l2.png"):
         assert (out / name).is_file()
     assert "| none |" in (out / "results.md").read_text()

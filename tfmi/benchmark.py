@@ -414,6 +414,10 @@ def run_cell(
         "defense_record": target.defense,
         # per shadow, the trainings that failed and were redone (absent in cells cached before)
         "shadows_retrained": [] if shadows is None else [int(n) for n in shadows.retrained],
+        # per shadow, accuracy on its IN and OUT records: how closely the shadows resemble the target
+        "shadow_accuracies": [] if shadows is None else [
+            [round(float(a), 6), round(float(b), 6)]
+            for a, b in zip(shadows.train_accuracy, shadows.test_accuracy, strict=True)],
         "report": report.to_dict(),
         "seconds": time.perf_counter() - start,
     }
