@@ -318,9 +318,12 @@ def run_attacks(
         report.shadow_test_accuracy = float(np.nanmean(shadows.test_accuracy))
         redone = int(np.count_nonzero(shadows.retrained))
         if redone:
-            from tfmi.attacks.shadow import MAX_RETRAINS
+            from tfmi.attacks.shadow import MAX_RETRAINS, training_failed
 
-            given_up = int(np.count_nonzero(shadows.retrained >= MAX_RETRAINS))
+            # retrained up to the bound is not failed: the last retraining may have worked
+            given_up = sum(training_failed(accuracy, data.y[shadows.pool[mask]]) for accuracy, mask, redos
+                           in zip(shadows.train_accuracy, shadows.masks, shadows.retrained, strict=True)
+                           if redos)
             notes.append(f"{redone} of {shadows.num_shadows} shadows failed to train (accuracy on their own "
                          "records at most twice the most common class's share) and were trained again "
                          "with new seeds" + (f"; {given_up} still failed after {MAX_RETRAINS} retrainings "
