@@ -173,6 +173,33 @@ def test_cell_keys_follow_every_setting_but_not_the_other_cells():
         spec(defenses=())
 
 
+def test_a_revised_defense_gets_new_cell_keys_and_the_others_keep_theirs(monkeypatch):
+    """A defense whose training changed (`DEFENSE_REVISIONS`) invalidates its cached cells only."""
+    from tfmi.defenses import config as defense_config
+
+    cells = spec(defenses=(DefenseConfig("none"), DefenseConfig("mmd-mixup"), DefenseConfig("dp-sgd")),
+                 seeds=(0,)).cells()
+    assert cells[2].to_dict()["defense_revision"] == 2  # dp-sgd: partial batches noised as full ones
+    assert "defense_revision" not in cells[0].to_dict() and "defense_revision" not in cells[1].to_dict()
+    before = [cell.key() for cell in cells]
+    monkeypatch.setitem(defense_config.DEFENSE_REVISIONS, "mmd-mixup", 2)
+    after = [cell.key() for cell in cells]
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+
+    from tfmi.data import load_dataset
+    from tfmi.shadow_chunks import ShadowChunkStore
+
+    digits, pool = load_dataset("digits"), np.arange(40)
+
+    def chunk_key(name):
+        return ShadowChunkStore("unused", digits, pool, TrainConfig("mlp"), digits.x[pool], num_shadows=2,
+                                seed=0, per_task=1, defense=DefenseConfig(name)).key
+
+    keys = {name: chunk_key(name) for name in ("none", "dp-sgd")}
+    monkeypatch.setitem(defense_config.DEFENSE_REVISIONS, "dp-sgd", 3)
+    assert chunk_key("dp-sgd") != keys["dp-sgd"] and chunk_key("none") == keys["none"]
+
+
 def record(defense, seed, train, test, auc, epsilon=None):
     from tfmi.attacks.metrics import evaluate_scores
     from tfmi.attacks.suite import AttackReport

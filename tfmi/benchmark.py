@@ -45,7 +45,7 @@ import numpy as np
 from tfmi.attacks.metrics import DEFAULT_DELTA
 from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, AttackReport
 from tfmi.data.dataset import Dataset
-from tfmi.defenses.config import DEFENSE_NAMES, DefenseConfig
+from tfmi.defenses.config import DEFENSE_NAMES, DefenseConfig, defense_revision
 from tfmi.errors import TfmiError
 from tfmi.safe_write import (
     add_to_marker,
@@ -91,7 +91,9 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         base = self.spec.to_dict()
         del base["defenses"], base["seeds"]
-        return {"format": CELL_FORMAT, **base, "defense": self.defense.to_dict(), "seed": self.seed}
+        revision = defense_revision(self.defense.name)
+        return {"format": CELL_FORMAT, **base, "defense": self.defense.to_dict(), "seed": self.seed,
+                **({"defense_revision": revision} if revision else {})}
 
     def key(self) -> str:
         """Hash of the full configuration: the cell's cache file name."""

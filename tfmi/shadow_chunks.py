@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmi.data.dataset import Dataset
-from tfmi.defenses.config import DefenseConfig
+from tfmi.defenses.config import DefenseConfig, defense_revision
 from tfmi.executors import LocalExecutor, RayExecutor
 from tfmi.training_config import TrainConfig
 
@@ -54,7 +54,10 @@ class ShadowChunkStore:
                       np.asarray(data.y[pool], np.int64)):
             digest.update(str(array.shape).encode() + array.dtype.str.encode())
             digest.update(array.tobytes())
-        settings = {"train": config.to_dict(), "defense": (defense or DefenseConfig()).to_dict(),
+        defense = defense or DefenseConfig()
+        revision = defense_revision(defense.name)
+        settings = {"train": config.to_dict(), "defense": defense.to_dict(),
+                    **({"defense_revision": revision} if revision else {}),
                     "shadows": num_shadows, "seed": seed, "per_task": per_task,
                     # only when set, so chunks cached before retraining existed keep their names
                     **({"retrain_failed": True} if retrain_failed else {})}

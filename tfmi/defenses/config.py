@@ -210,6 +210,23 @@ class DefenseConfig:
         return record
 
 
+#: defenses whose training changed after results of theirs were cached, and why; the revision enters
+#: the cache keys of benchmark cells and shadow chunks (`defense_revision`), so older results are
+#: recomputed while every other defense keeps its keys
+DEFENSE_REVISIONS = {
+    "dp-sgd": 2,  # 2: a partial batch's noise is divided by the nominal batch size, not its own size
+}
+
+
+def defense_revision(name: str) -> int | None:
+    """The revision of defense ``name``'s training, None while it has never changed.
+
+    >>> defense_revision("dp-sgd"), defense_revision("mmd")
+    (2, None)
+    """
+    return DEFENSE_REVISIONS.get(name)
+
+
 #: the rows `default_defenses` picks: no defense, the paper's, DP-SGD. Mixup only on images, as its
 #: authors ran it (MIST exp.sh: mixup on CIFAR, not on Location, Texas or Purchase); on Location30 it
 #: lowers test accuracy at every MMD strength measured (README, Results)

@@ -23,6 +23,14 @@ tensorflow-privacy. ``BatchNormalization`` is refused: it mixes a batch's exampl
 ``num_microbatches``, a batch it does not divide is padded with zero-weight rows (a final partial
 batch); the logged loss and metrics count only the real rows. One replica only.
 
+**Partial batches.** ``batch_size`` (the nominal batch, as `make_dp_model` passes it) makes every batch
+of fewer examples, an epoch's final partial batch, count as ``batch_size`` examples when one example
+is one microbatch: its noised sum is divided by ``batch_size``, not by its own size. Dividing by the
+few examples of a small final batch multiplies that step's noise (50 times for 2 examples of a
+nominal 100) and can wreck training once per epoch, depending only on how many records a run trains
+on; Opacus likewise divides by the expected batch size. The privacy is unchanged (the same noise on
+the same clipped sum, rescaled). ``None``: divide by the batch's own size, as tensorflow-privacy does.
+
 >>> import numpy as np
 >>> from tfmi.models import build_model
 >>> x, y = np.random.default_rng(0).random((40, 6), np.float32), np.arange(40) % 3
@@ -55,7 +63,8 @@ METHODS: tuple[str, ...] = ("auto", "fast", "vectorized")
 class ClippedGradients(NamedTuple):
     """One batch's clipped gradients: ``sums`` (one tensor per trainable variable, the sum over the
     microbatches), ``norms`` (each microbatch's gradient norm before clipping), ``microbatches``
-    (their number, the noise divisor) and ``logits`` (the batch's training-mode outputs)."""
+    (the noise divisor: their number, or the nominal batch size for a smaller batch of one-example
+    microbatches) and ``logits`` (the batch's training-mode outputs)."""
 
     sums: list
     norms: tf.Tensor
@@ -298,7 +307,8 @@ class NativeDPModel(DefendedModel):
     standard deviation over C (0: no noise); ``num_microbatches``: ``None`` clips each example's
     gradient, else the batch is split into this many microbatches; ``method``: ``"auto"``,
     ``"fast"`` or ``"vectorized"``; ``seed``: the noise's seed, ``None`` draws one from NumPy's
-    global generator (reproducible after ``keras.utils.set_random_seed``). The model shares its
+    global generator (reproducible after ``keras.utils.set_random_seed``); ``batch_size``: the
+    nominal batch, the noise divisor of smaller batches (see the module docstring). The model shares its
     weights with ``model``; ``predict``, ``evaluate`` and calls behave as ``model`` does. ``compile``
     takes an optimizer and metrics (no loss) and defaults to ``jit_compile=False``.
 
@@ -316,9 +326,13 @@ class NativeDPModel(DefendedModel):
         num_microbatches: int | None = None,
         method: str = "auto",
         seed: int | None = None,
+        batch_size: int | None = None,
         **kwargs: Any,
     ):
         check_dp_model(model)
+        if batch_size is not None:
+            batch_size = check_number("batch_size", batch_size, low=1, integer=True)
+        self.batch_size = batch_size
         self.l2_norm_clip = check_number("l2_norm_clip", l2_norm_clip, low=0, low_inclusive=False)
         self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0)
         if num_microbatches is not None:
@@ -352,7 +366,10 @@ class NativeDPModel(DefendedModel):
             y, weights = _pad_rows(y, pad), _pad_rows(weights, pad)
         clip = self._fast_clip if self.method == "fast" else self._vectorized_clip
         sums, norms, logits = clip(x, y, weights)
-        return ClippedGradients(sums, norms, tf.shape(norms)[0], logits[:rows])
+        count = tf.shape(norms)[0]
+        if microbatches is None and self.batch_size is not None:  # a partial batch counts as a full one
+            count = tf.maximum(count, self.batch_size)
+        return ClippedGradients(sums, norms, count, logits[:rows])
 
     def _microbatch_losses(self, y: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
         losses = _cross_entropies(y, logits) * weights
@@ -447,7 +464,7 @@ class NativeDPModel(DefendedModel):
         config.pop("outputs")
         return {
             **config, "l2_norm_clip": self.l2_norm_clip, "noise_multiplier": self.noise_multiplier,
-            "num_microbatches": self.num_microbatches, "method": self.method,
+            "num_microbatches": self.num_microbatches, "method": self.method, "batch_size": self.batch_size,
         }
 
     @classmethod
