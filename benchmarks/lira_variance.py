@@ -4,11 +4,11 @@
 
 One undefended Location30 target (TrainConfig("mlp") defaults, ``membership_split(data.y, 1500,
 seed=0)``) and 8 shadows trained once on ``shadow_pool(split, "online")`` (the 3,000 evaluated
-records). The shadows come in complementary pairs (shadow 2j+1 trains on exactly the records shadow
-2j leaves out), so the first 2, 4 and 8 shadows give every record 1, 2 and 4 IN and OUT values: with
-`sample_shadow_masks` the first 2 of 8 would leave 3 records in 7 with no IN or no OUT value, and
-online LiRA could not score them. For k = 2, 4, 8 (the first k shadows) it reports online and
-offline LiRA with ``fixed_variance=True``, the standard deviation estimated
+records). The shadows come in complementary pairs (`sample_shadow_masks`: shadow 2j+1 trains on exactly
+the records shadow 2j leaves out), so the first 2, 4 and 8 shadows give every record 1, 2 and 4 IN and
+OUT values, and online LiRA can score every record with any even prefix. For k = 2, 4, 8 (the first k
+shadows) it reports online and offline LiRA with ``fixed_variance=True``, the standard deviation
+estimated
 
 - **old**: squared residuals around each record's mean, summed over every masked shadow value and
   divided by (number of values - 1), floored at 1e-6 (reimplemented here for comparison only);
@@ -36,24 +36,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from tfmi.attacks.lira import LiRA  # noqa: E402
-from tfmi.attacks.shadow import train_shadows  # noqa: E402
+from tfmi.attacks.shadow import sample_shadow_masks, train_shadows  # noqa: E402
 from tfmi.attacks.signals import lira_phi, model_outputs, shadow_lira_phi  # noqa: E402
 from tfmi.attacks.suite import shadow_pool  # noqa: E402
 from tfmi.data import load_dataset, membership_split  # noqa: E402
 from tfmi.training import TrainConfig, train_target  # noqa: E402
 
 SHADOW_COUNTS = (2, 4, 8)
-
-
-def paired_masks(num_records: int, num_shadows: int, seed: int) -> np.ndarray:
-    """(K, N) masks in complementary pairs: every even prefix of shadows is balanced per record."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((num_shadows, num_records), bool)
-    for j in range(0, num_shadows, 2):
-        masks[j, rng.permutation(num_records)[: num_records // 2]] = True
-        if j + 1 < num_shadows:
-            masks[j + 1] = ~masks[j]
-    return masks
 
 
 def old_fixed_sd(phi: np.ndarray, mask: np.ndarray) -> float:
@@ -80,7 +69,7 @@ def main() -> None:
     target = train_target(data, split, config, verbose=0)
     pool = shadow_pool(split, "online")
     shadows = train_shadows(data, pool, config, num_shadows=max(SHADOW_COUNTS), seed=1,
-                            masks=paired_masks(len(pool), max(SHADOW_COUNTS), seed=1))
+                            masks=sample_shadow_masks(len(pool), max(SHADOW_COUNTS), seed=1))
 
     evaluated = np.concatenate([split.members, split.non_members])
     is_member = np.r_[np.ones(len(split.members), bool), np.zeros(len(split.non_members), bool)]

@@ -142,12 +142,6 @@ def offline_table(data, split, config, target, num_shadows: int) -> None:
 
 # --- online: shadows on the evaluated records, attacks on precomputed arrays ----------------------
 
-def paired_masks(num_records: int, num_shadows: int, seed: int) -> np.ndarray:
-    """Complementary pairs of random halves: any even prefix is balanced."""
-    pairs = [sample_shadow_masks(num_records, 2, seed=seed + p) for p in range(-(-num_shadows // 2))]
-    return np.concatenate(pairs)[:num_shadows]
-
-
 def shadow_signals(logits: np.ndarray, labels: np.ndarray):
     """(K, n) true-class probabilities and logit confidences of (K, n, C) shadow logits."""
     signals = [compute_signals(lg, labels, kind="logits") for lg in logits]
@@ -177,7 +171,7 @@ def online_table(data, split, config, target, num_shadows: int) -> None:
     pool = shadow_pool(split, "online")
     start = time.perf_counter()
     shadows = train_shadows(data, pool, config, num_shadows=num_shadows, seed=1,
-                            masks=paired_masks(len(pool), num_shadows, seed=1))
+                            masks=sample_shadow_masks(len(pool), num_shadows, seed=1))
     shadow_seconds = time.perf_counter() - start
 
     evaluated = np.r_[split.members, split.non_members]

@@ -161,7 +161,7 @@ def benchmark(dataset, data_dir, label_column, model_name, defenses, sweeps, att
         store = CellStore(out)
         store.open(spec, force=force)
         cells = spec.cells()
-        records = {c.key(): store.load(c, data) for c in cells}
+        records = {c.key(): store.load(c) for c in cells}
         mine = cells if shard is None else shard.select(cells)
         todo = [c for c in mine if records[c.key()] is None]
         click.echo(f"benchmark {data.name} ({len(data)} records), {model_name}, {epochs} epochs; defenses "

@@ -61,7 +61,9 @@ from tfmi.validation import check_count
 MANIFEST_FILE = "benchmark.json"
 CELLS_DIR = "cells"
 #: bumped when a cell's computation changes, so stale cached cells are not reused
-CELL_FORMAT = 2  # 2: results carry the counts at their own threshold (achieved advantage, eps LB)
+# 2: results carry the counts at their own threshold (achieved advantage, eps LB); 3: shadows in
+# complementary pairs, each on exactly half the pool (`sample_shadow_masks`), and failed ones retrained
+CELL_FORMAT = 3
 #: a cached cell's file name (written by `CellStore.save`), including its temporary files
 _CELL_FILE = re.compile(r"(\.)?[0-9a-f]{20}\.json(\.[^/]*\.tmp)?")
 
@@ -458,35 +460,6 @@ def rmia_population(split) -> np.ndarray | None:
     return split.shadow_pool if len(split.shadow_pool) else None
 
 
-def unchanged_by_retraining(record: dict[str, Any], data: Dataset, cell: Cell) -> bool:
-    """Whether a cell's record would come out the same with failed shadows retrained
-    (`tfmi.attacks.shadow.training_failed`), as cells computed since then are.
-
-    True for records that already say which shadows were retrained, cells without shadows, targets
-    that failed to train themselves (their shadows are never retrained), and records that prove no
-    shadow failed: with K shadows of mean accuracy m on their IN records, none is below
-    ``K * m - (K - 1)``; if that lies above every shadow's `chance_level`, none was retrained.
-    """
-    from tfmi.attacks.shadow import chance_level, sample_shadow_masks, training_failed
-    from tfmi.attacks.suite import shadow_pool
-    from tfmi.data.splits import membership_split
-
-    report = record.get("report") or {}
-    k, mean = report.get("num_shadows") or 0, report.get("shadow_train_accuracy")
-    if "shadows_retrained" in record or k == 0:
-        return True
-    spec = cell.spec
-    split = membership_split(data.y, spec.target_size, spec.reference_size, seed=cell.seed)
-    if training_failed(record["train_accuracy"], data.y[split.members]):
-        return True
-    if mean is None:
-        return False
-    pool = shadow_pool(split, "online")
-    masks = sample_shadow_masks(len(pool), k, cell.seed + 1)
-    highest = max(chance_level(data.y[pool[m]]) for m in masks)
-    return k * mean - (k - 1) > highest
-
-
 class CellStore:
     """Finished cells of one benchmark under ``out/cells/<key>.json``, and the manifest beside them.
 
@@ -559,20 +532,14 @@ class CellStore:
         except (OSError, ValueError):
             return None
 
-    def load(self, cell: Cell, data: Dataset | None = None) -> dict[str, Any] | None:
-        """The finished record of ``cell``, or None (missing or unreadable: it will be recomputed).
-
-        With the cell's ``data``, a record cached before failed shadows were retrained is kept only
-        if retraining could not have changed it (`unchanged_by_retraining`), else recomputed.
-        """
+    def load(self, cell: Cell) -> dict[str, Any] | None:
+        """The finished record of ``cell``, or None (missing or unreadable: it will be recomputed)."""
         path = self.cells_dir / f"{cell.key()}.json"
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         if record.get("cell") != cell.to_dict():
-            return None
-        if data is not None and not unchanged_by_retraining(record, data, cell):
             return None
         return record
 

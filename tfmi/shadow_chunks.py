@@ -48,6 +48,8 @@ class ShadowChunkStore:
         import hashlib
         import json
 
+        from tfmi.attacks.shadow import SHADOW_DESIGN
+
         self.folder = Path(out) / CHUNKS_DIR
         digest = hashlib.sha256()
         for array in (np.ascontiguousarray(queries), np.asarray(pool, np.int64),
@@ -56,7 +58,7 @@ class ShadowChunkStore:
             digest.update(array.tobytes())
         defense = defense or DefenseConfig()
         revision = defense_revision(defense.name)
-        settings = {"train": config.to_dict(), "defense": defense.to_dict(),
+        settings = {"train": config.to_dict(), "defense": defense.to_dict(), "design": SHADOW_DESIGN,
                     **({"defense_revision": revision} if revision else {}),
                     "shadows": num_shadows, "seed": seed, "per_task": per_task,
                     # only when set, so chunks cached before retraining existed keep their names
