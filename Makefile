@@ -36,17 +36,20 @@ demo: $(STAMP)
 
 test: test-reference test-current
 
-# --durations: CI's log names the slowest tests, the candidates for the `slow` mark when a suite nears 15 min
+# One pytest worker per core, up to 4 (pytest-xdist), each test file kept on one worker so its module
+# fixtures are built once. --durations: CI's log names the slowest tests, the candidates for the `slow`
+# mark when a suite nears 15 min
+PYTEST := -m pytest -n auto --maxprocesses 4 --dist loadfile
 test-reference: $(STAMP)
 	$(BIN)/ruff check tfmi cli tests
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python $(PYTEST) --durations=15
 
 test-current: $(CURRENT_STAMP)
-	$(CURRENT_BIN)/python -m pytest --durations=15
+	$(CURRENT_BIN)/python $(PYTEST) --durations=15
 
 test-all: $(STAMP) $(CURRENT_STAMP)
-	$(BIN)/python -m pytest -m ''
-	$(CURRENT_BIN)/python -m pytest -m ''
+	$(BIN)/python $(PYTEST) -m ''
+	$(CURRENT_BIN)/python $(PYTEST) -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff check tfmi cli tests
