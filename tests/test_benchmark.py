@@ -200,6 +200,27 @@ def test_a_revised_defense_gets_new_cell_keys_and_the_others_keep_theirs(monkeyp
     assert chunk_key("dp-sgd") != keys["dp-sgd"] and chunk_key("none") == keys["none"]
 
 
+def test_a_cell_that_may_hold_a_given_up_shadow_is_recomputed_unless_it_left_it_out(tmp_path):
+    """Records from before given-up shadows were left out of the attacks: recomputed only when a shadow
+    was retrained the maximum number of times (it may have failed every time)."""
+    from tfmi.attacks.shadow import MAX_RETRAINS
+    from tfmi.benchmark import CellStore
+
+    cell = spec(seeds=(0,)).cells()[0]
+    store = CellStore(tmp_path)
+    store.cells_dir.mkdir(parents=True)
+
+    def stored(retrained, **report):
+        store.save(cell, {"cell": cell.to_dict(), "shadows_retrained": retrained, "report": report})
+        return store.load(cell)
+
+    assert stored([0, 1, 0]) is not None  # every retrained shadow got a working retraining
+    assert stored([]) is not None  # no shadows
+    assert stored([0, MAX_RETRAINS]) is None
+    assert stored([0, MAX_RETRAINS], shadows_left_out=[1]) is not None
+    assert stored([0, MAX_RETRAINS], shadows_left_out=[]) is not None  # its last retraining worked
+
+
 def record(defense, seed, train, test, auc, epsilon=None):
     from tfmi.attacks.metrics import evaluate_scores
     from tfmi.attacks.suite import AttackReport

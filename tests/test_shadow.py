@@ -236,12 +236,13 @@ def failing_first_attempt(monkeypatch):
     import tfmi.attacks.shadow as shadow_module
 
     real, calls = shadow_module._train_one_shadow, []
-    state = {"fail_seed": None, "always": False}
+    state = {"fail_seed": None, "always": False, "fail_seeds": ()}
 
     def train_one(data, inside, outside, config, defense, seed):
         calls.append(seed)
         model = real(data, inside, outside, config, defense, seed)
-        return _collapsed(model) if state["always"] or seed == state["fail_seed"] else model
+        failed = state["always"] or seed == state["fail_seed"] or seed in state["fail_seeds"]
+        return _collapsed(model) if failed else model
 
     monkeypatch.setattr(shadow_module, "_train_one_shadow", train_one)
     return state, calls
@@ -285,7 +286,34 @@ def test_retraining_stops_after_a_bounded_number_of_attempts(digits, pool, faili
 
     report = run_attacks(shadows.shadow_model(0), digits, pool[:60], pool[60:120], attacks="loss",
                          shadows=shadows)
-    assert any(f"1 still failed after {MAX_RETRAINS} retrainings" in note for note in report.notes)
+    note = next(note for note in report.notes if f"1 still failed after {MAX_RETRAINS} retrainings" in note)
+    assert "kept" in note and report.shadows_left_out == []  # alone, it is all the attacker has
+
+
+def test_a_shadow_that_failed_every_retraining_is_left_out_of_the_attacks(digits, pool,
+                                                                          failing_first_attempt):
+    """An attacker fits LiRA to the shadows that trained: the result is that of the 3 healthy shadows."""
+    from tfmi.attacks.shadow import MAX_RETRAINS, _retry_seed, _shadow_seeds
+    from tfmi.attacks.suite import run_attacks
+
+    state, _ = failing_first_attempt
+    first = _shadow_seeds(4, 4)[1]
+    state["fail_seeds"] = {first, *(_retry_seed(first, a) for a in range(1, MAX_RETRAINS + 1))}
+    shadows = train_shadows(digits, pool, TrainConfig("mlp", epochs=3, batch_size=32), num_shadows=4, seed=4,
+                            batched=False, retrain_failed=True)
+    assert shadows.retrained.tolist() == [0, MAX_RETRAINS, 0, 0] and shadows.train_accuracy[1] < 0.2
+    members, non_members = pool[:120], pool[120:]
+    kwargs = {"attacks": ["loss", "lira_online"], "oracle": False}
+    target = shadows.shadow_model(0)
+    report = run_attacks(target, digits, members, non_members, shadows=shadows, **kwargs)
+    assert report.shadows_left_out == [1] and report.num_shadows == 3
+    assert any("left out of the shadow-based attacks (3 used)" in note for note in report.notes)
+    healthy = shadows.select([0, 2, 3])
+    healthy.retrained = np.zeros(3, np.int64)
+    alone = run_attacks(target, digits, members, non_members, shadows=healthy, **kwargs)
+    for name in ("loss", "LiRA online, fixed variance"):
+        assert report.result(name).auc == alone.result(name).auc
+    assert report.shadow_train_accuracy == pytest.approx(float(np.mean(shadows.train_accuracy[[0, 2, 3]])))
 
 
 def test_chunks_trained_elsewhere_bring_their_retraining_counts_back(digits, pool, tmp_path,

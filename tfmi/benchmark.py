@@ -533,13 +533,22 @@ class CellStore:
             return None
 
     def load(self, cell: Cell) -> dict[str, Any] | None:
-        """The finished record of ``cell``, or None (missing or unreadable: it will be recomputed)."""
+        """The finished record of ``cell``, or None (missing or unreadable: it will be recomputed).
+
+        A record from before shadows that failed every retraining were left out of the attacks, with
+        such a shadow possibly among its own (retrained `MAX_RETRAINS` times), is recomputed too.
+        """
+        from tfmi.attacks.shadow import MAX_RETRAINS
+
         path = self.cells_dir / f"{cell.key()}.json"
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         if record.get("cell") != cell.to_dict():
+            return None
+        if ("shadows_left_out" not in record.get("report", {})
+                and max(record.get("shadows_retrained") or [0]) >= MAX_RETRAINS):
             return None
         return record
 

@@ -122,6 +122,25 @@ def training_failed(accuracy: float, labels: np.ndarray) -> bool:
     return bool(accuracy <= chance_level(labels))
 
 
+def given_up_shadows(shadows: ShadowSet, labels: np.ndarray) -> np.ndarray:
+    """Indices of the shadows retrained `MAX_RETRAINS` times whose last training failed too
+    (`training_failed` on their IN records; ``labels``: the dataset's labels, indexed by the pool).
+
+    An attacker does not fit an attack to a shadow that learned nothing: `tfmi.attacks.run_attacks`
+    leaves these out.
+
+    >>> shadows = ShadowSet(pool=np.arange(40), masks=sample_shadow_masks(40, 2), config=TrainConfig("mlp"),
+    ...                     batched=False, train_accuracy=np.array([0.05, 0.9]),
+    ...                     test_accuracy=np.array([0.1, 0.5]), retrained=np.array([MAX_RETRAINS, 0]))
+    >>> given_up_shadows(shadows, np.arange(40) % 10).tolist()
+    [0]
+    """
+    labels = np.asarray(labels)
+    return np.array([k for k, (redone, accuracy, mask) in enumerate(
+        zip(shadows.retrained, shadows.train_accuracy, shadows.masks, strict=True))
+        if redone >= MAX_RETRAINS and training_failed(accuracy, labels[shadows.pool[mask]])], np.int64)
+
+
 def _optimizer(config: TrainConfig):
     """The target's optimizer (`tfmi.training.make_optimizer`), in its Keras legacy form: the same update
     rule, but fused kernels, several times faster for the large stacked variables of the batched
@@ -293,6 +312,30 @@ class ShadowSet:
                             "the records they were asked about: ask about those records, or train the "
                             "shadows in this process") from None
         return table[:, rows]
+
+    def select(self, keep) -> ShadowSet:
+        """The shadows ``keep`` (indices into this set, in order) as a `ShadowSet` of their own.
+
+        >>> from tfmi.data import load_dataset
+        >>> data = load_dataset("digits")
+        >>> shadows = train_shadows(data, np.arange(64), TrainConfig("mlp", epochs=1), num_shadows=3,
+        ...                         batched=False)
+        >>> shadows.select([0, 2]).logits(data.x[:5]).shape
+        (2, 5, 10)
+        """
+        keep = np.asarray(keep, np.int64).reshape(-1)
+        if (len(keep) == 0 or keep.min() < 0 or keep.max() >= self.num_shadows
+                or len(np.unique(keep)) < len(keep)):
+            raise TfmiError(f"select distinct shadows among 0..{self.num_shadows - 1}, got {keep.tolist()}")
+        if self._network is not None:
+            raise TfmiError("batched shadows are trained as one model and cannot be taken apart: train the "
+                            "shadows you want (num_shadows, masks)")
+        stored = None if self._stored is None else (self._stored[0], self._stored[1][keep])
+        return dataclasses.replace(
+            self, masks=self.masks[keep], train_accuracy=self.train_accuracy[keep],
+            test_accuracy=self.test_accuracy[keep], seeds=[self.seeds[k] for k in keep] if self.seeds else [],
+            retrained=self.retrained[keep], _models=[self._models[k] for k in keep] if self._models else [],
+            _stored=stored)
 
     def shadow_model(self, k: int) -> keras.Model:
         """Shadow ``k`` as a plain zoo Keras model (logits)."""

@@ -129,6 +129,9 @@ class AttackReport:
     shadow_train_accuracy: float | None = None
     shadow_test_accuracy: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: shadows (indices into the given set) left out of the shadow-based attacks: they still failed to
+    #: train after every retraining (`tfmi.attacks.shadow.given_up_shadows`)
+    shadows_left_out: list[int] = field(default_factory=list)
     #: each realistic attack's score per evaluated record (members, then non-members), by result name;
     #: kept in memory for per-record exposure, not written by `to_dict`
     record_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -164,6 +167,7 @@ class AttackReport:
             "shadow_train_accuracy": self.shadow_train_accuracy,
             "shadow_test_accuracy": self.shadow_test_accuracy,
             "notes": list(self.notes),
+            "shadows_left_out": list(self.shadows_left_out),
         }
 
     @classmethod
@@ -180,6 +184,7 @@ class AttackReport:
                 shadow_train_accuracy=d.get("shadow_train_accuracy"),
                 shadow_test_accuracy=d.get("shadow_test_accuracy"),
                 notes=list(d.get("notes", [])),
+                shadows_left_out=[int(k) for k in d.get("shadows_left_out", [])],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise TfmiError(f"not a saved attack report ({type(e).__name__}: {e})") from None
@@ -313,21 +318,12 @@ def run_attacks(
 
     shadow_logits = shadow_labels = shadow_in = shadow_signals = lira_inputs = None
     if shadows is not None:
+        redone = int(np.count_nonzero(shadows.retrained))
+        if redone:
+            shadows = _without_given_up(shadows, data, redone, notes, report, lira_fixed_variance)
         report.num_shadows = shadows.num_shadows
         report.shadow_train_accuracy = float(np.nanmean(shadows.train_accuracy))
         report.shadow_test_accuracy = float(np.nanmean(shadows.test_accuracy))
-        redone = int(np.count_nonzero(shadows.retrained))
-        if redone:
-            from tfmi.attacks.shadow import MAX_RETRAINS, training_failed
-
-            # retrained up to the bound is not failed: the last retraining may have worked
-            given_up = sum(training_failed(accuracy, data.y[shadows.pool[mask]]) for accuracy, mask, redos
-                           in zip(shadows.train_accuracy, shadows.masks, shadows.retrained, strict=True)
-                           if redos)
-            notes.append(f"{redone} of {shadows.num_shadows} shadows failed to train (accuracy on their own "
-                         "records at most twice the most common class's share) and were trained again "
-                         "with new seeds" + (f"; {given_up} still failed after {MAX_RETRAINS} retrainings "
-                                             "and were kept" if given_up else ""))
         pool_x, pool_labels = data.x[shadows.pool], np.asarray(data.y[shadows.pool])
         shadow_logits = shadows.logits(pool_x, batch_size)
         shadow_labels = np.tile(pool_labels, shadows.num_shadows)  # shadow-major, like the flat rows
@@ -381,6 +377,32 @@ def run_attacks(
             if scored is not None:
                 keep(*scored)
     return report
+
+
+def _without_given_up(shadows: ShadowSet, data: Dataset, redone: int, notes: list[str], report: AttackReport,
+                      fixed_variance: bool | None) -> ShadowSet:
+    """The shadows an attacker fits attacks to: all but those that failed every retraining
+    (`given_up_shadows`), unless leaving them out would leave a pool record without an IN or an OUT
+    shadow (too few for LiRA); a note says which."""
+    from tfmi.attacks.shadow import MAX_RETRAINS, given_up_shadows
+
+    note = (f"{redone} of {shadows.num_shadows} shadows failed to train (accuracy on their own records at "
+            "most twice the most common class's share) and were trained again with new seeds")
+    given_up = given_up_shadows(shadows, data.y)
+    if len(given_up):
+        keep = np.setdiff1d(np.arange(shadows.num_shadows), given_up)
+        masks = shadows.masks[keep]
+        needed = 1 if fixed_variance or (fixed_variance is None and len(keep) < FIXED_VARIANCE_BELOW) else 2
+        enough = len(keep) >= 2 and masks.sum(axis=0).min() >= needed and (~masks).sum(axis=0).min() >= needed
+        note += f"; {len(given_up)} still failed after {MAX_RETRAINS} retrainings and were "
+        if enough:
+            note += f"left out of the shadow-based attacks ({len(keep)} used)"
+            report.shadows_left_out = given_up.tolist()
+            shadows = shadows.select(keep)
+        else:
+            note += "kept: without them some records would lack IN or OUT shadows"
+    notes.append(note)
+    return shadows
 
 
 def shadow_queries(data: Dataset, shadow_pool: np.ndarray, members: np.ndarray, non_members: np.ndarray,
