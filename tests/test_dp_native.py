@@ -250,12 +250,14 @@ def test_paths_and_refusals_on_this_stack():
 @pytest.mark.filterwarnings("ignore:`compile\\(\\)` was not called")  # Keras 3: compile is custom
 def test_native_model_saves_and_loads(tmp_path, digits):
     x, y = digits[0][:64], digits[1][:64]
-    model = NativeDPModel(conv_net(), l2_norm_clip=0.7, noise_multiplier=1.3, num_microbatches=4, seed=5)
+    model = NativeDPModel(conv_net(), l2_norm_clip=0.7, noise_multiplier=1.3, num_microbatches=4, seed=5,
+                          batch_size=16)
     model.compile(optimizer="adam", metrics=["accuracy"])
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     model.save(tmp_path / "dp.keras")
     loaded = keras.models.load_model(tmp_path / "dp.keras")
     assert isinstance(loaded, NativeDPModel) and loaded.method == "fast"
-    options = (loaded.l2_norm_clip, loaded.noise_multiplier, loaded.num_microbatches, loaded.seed)
-    assert options == (0.7, 1.3, 4, 5)
+    options = (loaded.l2_norm_clip, loaded.noise_multiplier, loaded.num_microbatches, loaded.seed,
+               loaded.batch_size)
+    assert options == (0.7, 1.3, 4, 5, 16)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

@@ -194,6 +194,16 @@ def test_bad_mask_arguments_raise():
         sample_shadow_masks(10, True)
 
 
+def test_select_refuses_bad_indices_and_batched_shadows(digits, pool, batched_mlp):
+    with pytest.raises(TfmiError, match="cannot be taken apart"):
+        batched_mlp.select([0, 1])
+    sequential = train_shadows(digits, pool[:60], TrainConfig("mlp", epochs=1), num_shadows=2, batched=False)
+    for bad in ([], [0, 0], [2], [-1]):
+        with pytest.raises(TfmiError, match="select distinct shadows"):
+            sequential.select(bad)
+    assert sequential.select([1]).masks.tolist() == sequential.masks[[1]].tolist()
+
+
 def test_bad_shadow_index_raises(batched_mlp):
     with pytest.raises(TfmiError, match="out of range"):
         batched_mlp.shadow_model(4)

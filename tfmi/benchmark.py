@@ -45,7 +45,7 @@ import numpy as np
 from tfmi.attacks.metrics import DEFAULT_DELTA
 from tfmi.attacks.suite import SHADOW_ONLY_ATTACKS, AttackReport
 from tfmi.data.dataset import Dataset
-from tfmi.defenses.config import DEFENSE_NAMES, DefenseConfig, defense_revision
+from tfmi.defenses.config import DEFENSE_NAMES, DefenseConfig, defense_cache_fields
 from tfmi.errors import TfmiError
 from tfmi.safe_write import (
     add_to_marker,
@@ -93,9 +93,7 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         base = self.spec.to_dict()
         del base["defenses"], base["seeds"]
-        revision = defense_revision(self.defense.name)
-        return {"format": CELL_FORMAT, **base, "defense": self.defense.to_dict(), "seed": self.seed,
-                **({"defense_revision": revision} if revision else {})}
+        return {"format": CELL_FORMAT, **base, **defense_cache_fields(self.defense), "seed": self.seed}
 
     def key(self) -> str:
         """Hash of the full configuration: the cell's cache file name."""
@@ -416,7 +414,7 @@ def run_cell(
         "epsilon": accounting.get("epsilon"),
         "delta": accounting.get("delta"),
         "defense_record": target.defense,
-        # per shadow, the trainings that failed and were redone (absent in cells cached before)
+        # per shadow, the trainings that failed and were redone
         "shadows_retrained": [] if shadows is None else [int(n) for n in shadows.retrained],
         # per shadow, accuracy on its IN and OUT records: how closely the shadows resemble the target
         "shadow_accuracies": [] if shadows is None else [

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmi.data.dataset import Dataset
-from tfmi.defenses.config import DefenseConfig, defense_revision
+from tfmi.defenses.config import DefenseConfig, defense_cache_fields
 from tfmi.executors import LocalExecutor, RayExecutor
 from tfmi.training_config import TrainConfig
 
@@ -56,13 +56,9 @@ class ShadowChunkStore:
                       np.asarray(data.y[pool], np.int64)):
             digest.update(str(array.shape).encode() + array.dtype.str.encode())
             digest.update(array.tobytes())
-        defense = defense or DefenseConfig()
-        revision = defense_revision(defense.name)
-        settings = {"train": config.to_dict(), "defense": defense.to_dict(), "design": SHADOW_DESIGN,
-                    **({"defense_revision": revision} if revision else {}),
-                    "shadows": num_shadows, "seed": seed, "per_task": per_task,
-                    # only when set, so chunks cached before retraining existed keep their names
-                    **({"retrain_failed": True} if retrain_failed else {})}
+        settings = {"train": config.to_dict(), **defense_cache_fields(defense or DefenseConfig()),
+                    "design": SHADOW_DESIGN, "shadows": num_shadows, "seed": seed, "per_task": per_task,
+                    "retrain_failed": retrain_failed}
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         self.key = digest.hexdigest()[:20]
 

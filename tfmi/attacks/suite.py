@@ -318,9 +318,8 @@ def run_attacks(
 
     shadow_logits = shadow_labels = shadow_in = shadow_signals = lira_inputs = None
     if shadows is not None:
-        redone = int(np.count_nonzero(shadows.retrained))
-        if redone:
-            shadows = _without_given_up(shadows, data, redone, notes, report, lira_fixed_variance)
+        if shadows.retrained.any():
+            shadows = _without_given_up(shadows, data, notes, report, lira_fixed_variance)
         report.num_shadows = shadows.num_shadows
         report.shadow_train_accuracy = float(np.nanmean(shadows.train_accuracy))
         report.shadow_test_accuracy = float(np.nanmean(shadows.test_accuracy))
@@ -379,13 +378,14 @@ def run_attacks(
     return report
 
 
-def _without_given_up(shadows: ShadowSet, data: Dataset, redone: int, notes: list[str], report: AttackReport,
+def _without_given_up(shadows: ShadowSet, data: Dataset, notes: list[str], report: AttackReport,
                       fixed_variance: bool | None) -> ShadowSet:
     """The shadows an attacker fits attacks to: all but those that failed every retraining
     (`given_up_shadows`), unless leaving them out would leave a pool record without an IN or an OUT
     shadow (too few for LiRA); a note says which."""
     from tfmi.attacks.shadow import MAX_RETRAINS, given_up_shadows
 
+    redone = int(np.count_nonzero(shadows.retrained))
     note = (f"{redone} of {shadows.num_shadows} shadows failed to train (accuracy on their own records at "
             "most twice the most common class's share) and were trained again with new seeds")
     given_up = given_up_shadows(shadows, data.y)

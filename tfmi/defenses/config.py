@@ -211,20 +211,24 @@ class DefenseConfig:
 
 
 #: defenses whose training changed after results of theirs were cached, and why; the revision enters
-#: the cache keys of benchmark cells and shadow chunks (`defense_revision`), so older results are
+#: the cache keys of benchmark cells and shadow chunks (`defense_cache_fields`), so older results are
 #: recomputed while every other defense keeps its keys
 DEFENSE_REVISIONS = {
     "dp-sgd": 2,  # 2: a partial batch's noise is divided by the nominal batch size, not its own size
 }
 
 
-def defense_revision(name: str) -> int | None:
-    """The revision of defense ``name``'s training, None while it has never changed.
+def defense_cache_fields(defense: DefenseConfig) -> dict:
+    """What a cached result computed with ``defense`` is keyed by: its settings, and its training's
+    revision (`DEFENSE_REVISIONS`) once that has changed.
 
-    >>> defense_revision("dp-sgd"), defense_revision("mmd")
-    (2, None)
+    >>> defense_cache_fields(DefenseConfig("dp-sgd"))["defense_revision"]
+    2
+    >>> defense_cache_fields(DefenseConfig("none"))
+    {'defense': {'name': 'none'}}
     """
-    return DEFENSE_REVISIONS.get(name)
+    revision = DEFENSE_REVISIONS.get(defense.name)
+    return {"defense": defense.to_dict(), **({"defense_revision": revision} if revision else {})}
 
 
 #: the rows `default_defenses` picks: no defense, the paper's, DP-SGD. Mixup only on images, as its

@@ -539,33 +539,27 @@ def _pad_batch(data, multiple: int | None, at_least: int | None):
     return tf.nest.map_structure(pad_rows, x), pad_rows(y), pad_rows(weights)
 
 
+class _PadsPartialBatches:
+    """Pads each batch before the training step (`_pad_batch`): up to ``pad_to`` rows, then to a
+    multiple of ``pad_multiple``; a base placed before the Keras model class it extends."""
+
+    def __init__(self, *args, pad_multiple: int | None = None, pad_to: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tfmi_pad = (pad_multiple, pad_to)
+
+    def train_step(self, data):
+        if self._tfmi_pad != (None, None):
+            data = _pad_batch(data, *self._tfmi_pad)
+        return super().train_step(data)
+
+
 @functools.cache
 def _model_classes() -> SimpleNamespace:
-    dp_model = _tfp().DPModel
+    class TfmiDPModel(_PadsPartialBatches, _tfp().DPModel):
+        """tensorflow-privacy's DPModel, padding partial batches."""
 
-    class TfmiDPModel(dp_model):
-        """tensorflow-privacy's DPModel, padding partial batches (see `_pad_batch`)."""
-
-        def __init__(self, *args, pad_multiple: int | None = None, pad_to: int | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._tfmi_pad = (pad_multiple, pad_to)
-
-        def train_step(self, data):
-            if self._tfmi_pad != (None, None):
-                data = _pad_batch(data, *self._tfmi_pad)
-            return super().train_step(data)
-
-    class TfmiDPOptimizerModel(keras.Model):
+    class TfmiDPOptimizerModel(_PadsPartialBatches, keras.Model):
         """A functional model trained by a tensorflow-privacy DP optimizer, padding partial batches."""
-
-        def __init__(self, *args, pad_multiple: int | None = None, pad_to: int | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._tfmi_pad = (pad_multiple, pad_to)
-
-        def train_step(self, data):
-            if self._tfmi_pad != (None, None):
-                data = _pad_batch(data, *self._tfmi_pad)
-            return super().train_step(data)
 
     return SimpleNamespace(dp_model=TfmiDPModel, optimizer_model=TfmiDPOptimizerModel)
 
