@@ -283,6 +283,36 @@ def test_a_shadow_whose_training_failed_is_retrained_with_a_new_seed(digits, poo
     assert np.array_equal(logits[0], kept.logits(digits.x[pool])[0])  # healthy shadows are untouched
 
 
+def test_a_failed_batched_shadow_is_retrained_on_its_own(digits, pool, monkeypatch):
+    """Batched shadows train as one network; one that diverged is taken out and trained again alone."""
+    import tfmi.attacks.shadow as shadow_module
+
+    real_fit = shadow_module._BatchedTrainer.fit
+
+    def fit_then_collapse_shadow_1(self, *args, **kwargs):
+        real_fit(self, *args, **kwargs)
+        kernel, bias = self.network.kernels[-1], self.network.biases[-1]
+        kernel.assign(tf.tensor_scatter_nd_update(kernel, [[1]], tf.zeros_like(kernel[1:2])))
+        collapsed = np.zeros(bias.shape[1], np.float32)
+        collapsed[0] = 1e4  # shadow 1 now predicts class 0 for every input
+        bias.assign(tf.tensor_scatter_nd_update(bias, [[1]], collapsed[None]))
+
+    monkeypatch.setattr(shadow_module._BatchedTrainer, "fit", fit_then_collapse_shadow_1)
+    config = TrainConfig("mlp", epochs=3, batch_size=32)
+    kept = train_shadows(digits, pool, config, num_shadows=3, seed=5)
+    assert kept._network is not None and kept.retrained.tolist() == [0, 0, 0]
+    assert kept.train_accuracy[1] < 0.2
+    redone = train_shadows(digits, pool, config, num_shadows=3, seed=5, retrain_failed=True)
+    assert redone.batched and redone.retrained.tolist() == [0, 1, 0]
+    assert redone.train_accuracy.min() > 0.5
+    before, after = kept.logits(digits.x[pool]), redone.logits(digits.x[pool])
+    np.testing.assert_allclose(after[[0, 2]], before[[0, 2]], rtol=1e-4, atol=1e-4)  # healthy ones kept
+    assert redone.select([0, 1]).num_shadows == 2  # held as Keras models now: the set can be taken apart
+    monkeypatch.setattr(shadow_module._BatchedTrainer, "fit", real_fit)
+    healthy = train_shadows(digits, pool, config, num_shadows=3, seed=5, retrain_failed=True)
+    assert healthy._network is not None and healthy.retrained.tolist() == [0, 0, 0]  # none failed: batched
+
+
 def test_retraining_stops_after_a_bounded_number_of_attempts(digits, pool, failing_first_attempt):
     from tfmi.attacks.shadow import MAX_RETRAINS
 

@@ -489,7 +489,7 @@ def train_shadows(
     give the same shadows, a different chunking does not (batched shadows share their batch order).
     ``retrain_failed``: a shadow whose training failed (`training_failed` on its IN records) is trained
     again with a new seed, up to `MAX_RETRAINS` times, as an attacker facing a target that trained
-    would do (sequential shadows only; batched shadows train without a defense and are kept).
+    would do (a failed batched shadow is retrained on its own, and the set then holds Keras models).
 
     >>> from tfmi.data import load_dataset
     >>> data = load_dataset("digits")
@@ -539,26 +539,53 @@ def train_shadows(
         trainer = _BatchedTrainer(network, config)
         trainer.fit(x, y, masks, config.epochs, config.batch_size, np.random.default_rng(seeds[0]))
         result._network = network
+        result.retrained = np.zeros(k, np.int64)
+        if retrain_failed:
+            _retrain_failed_batched(result, data, defense)
         if progress is not None:
             progress(k)
     else:
-        retrained = np.zeros(k, np.int64)
+        result.retrained = np.zeros(k, np.int64)
         for shadow, s in enumerate(seeds):
             inside, outside = pool[masks[shadow]], pool[~masks[shadow]]
             model = _train_one_shadow(data, inside, outside, config, defense, s)
-            while retrain_failed and retrained[shadow] < MAX_RETRAINS and training_failed(
-                    _accuracy(model, data.x[inside], data.y[inside]), data.y[inside]):
-                retrained[shadow] += 1
-                model = _train_one_shadow(data, inside, outside, config, defense,
-                                          _retry_seed(s, int(retrained[shadow])))
+            if retrain_failed:
+                model, result.retrained[shadow] = _retrain_while_failed(model, data, inside, outside, config,
+                                                                        defense, s)
             result._models.append(model)
             if progress is not None:
                 progress(shadow + 1)
-        result.retrained = retrained
-    if len(result.retrained) != k:
-        result.retrained = np.zeros(k, np.int64)
     result.train_accuracy, result.test_accuracy = _accuracies(result.logits(x), y, masks)
     return result
+
+
+def _retrain_while_failed(model: keras.Model, data: Dataset, inside: np.ndarray, outside: np.ndarray,
+                          config: TrainConfig, defense: DefenseConfig, seed: int) -> tuple[keras.Model, int]:
+    """``model`` (the shadow first trained with ``seed`` on ``inside``) if it trained, else the shadow
+    trained again with new seeds until it does, at most `MAX_RETRAINS` times; and how often it was."""
+    attempts = 0
+    while attempts < MAX_RETRAINS and training_failed(_accuracy(model, data.x[inside], data.y[inside]),
+                                                      data.y[inside]):
+        attempts += 1
+        model = _train_one_shadow(data, inside, outside, config, defense, _retry_seed(seed, attempts))
+    return model, attempts
+
+
+def _retrain_failed_batched(shadows: ShadowSet, data: Dataset, defense: DefenseConfig) -> None:
+    """Retrain, one by one (`_retrain_while_failed`), the batched shadows whose training failed. The
+    set is then held as one Keras model per shadow, the others keeping their batched-trained weights;
+    when none failed it stays batched."""
+    y = np.asarray(data.y[shadows.pool])
+    correct = np.argmax(shadows.logits(data.x[shadows.pool]), axis=2) == y[None, :]
+    failed = [k for k, mask in enumerate(shadows.masks) if training_failed(correct[k, mask].mean(), y[mask])]
+    if not failed:
+        return
+    models = [shadows.shadow_model(k) for k in range(shadows.num_shadows)]
+    for k in failed:
+        inside, outside = shadows.pool[shadows.masks[k]], shadows.pool[~shadows.masks[k]]
+        models[k], shadows.retrained[k] = _retrain_while_failed(models[k], data, inside, outside,
+                                                                shadows.config, defense, shadows.seeds[k])
+    shadows._network, shadows._models = None, models
 
 
 def _train_one_shadow(data: Dataset, inside: np.ndarray, outside: np.ndarray, config: TrainConfig,
