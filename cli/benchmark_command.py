@@ -15,8 +15,7 @@ import click
 
 from cli.options import (
     DEFENSE_OPTIONS,
-    MODEL_LIST,
-    data_dir_option,
+    dataset_options,
     defense_parameter_options,
     defense_parameters,
     executor_from_options,
@@ -24,19 +23,12 @@ from cli.options import (
     recipe_options,
 )
 from tfmi.defenses.config import DEFAULT_DEFENSES
-from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_OUT = Path("tfmi-benchmarks")
 
 
 @click.command()
-@click.option("--dataset", default="digits", show_default=True,
-              help="Dataset name (see `tfmi datasets`) or path to a .npz/.csv file.")
-@data_dir_option
-@click.option("--label-column", default="label", show_default=True,
-              help="Label column of a .csv dataset.")
-@click.option("--model", "model_name", default=None,
-              help=f"{MODEL_LIST} [default: the dataset's usual model].")
+@dataset_options
 @click.option("--defenses", default=None,
               help="Comma list of defenses (see `tfmi train --help`); their parameters are the options "
                    f"below [default: {','.join(DEFAULT_DEFENSES['images'])} on images, "
@@ -59,11 +51,6 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
                    "(undefended mlp/cnn) shadows depend on the chunking.")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Seeds 0..N-1; each draws its own split and initialization.")
-@click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
-@click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
-              show_default=True,
-              help="Learning rate.")
 @recipe_options
 @click.option("--target-size", type=int, default=None,
               help="Members (and as many non-members) [default: per dataset].")

@@ -107,9 +107,34 @@ def _train_default_help(field: str) -> str:
     return f"[default: {value if value != () else 'none'}]"
 
 
+def _add(command, options):
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def dataset_options(command):
+    """Add the data and model options shared by `tfmi train` and `tfmi benchmark`."""
+    return _add(command, [
+        click.option("--dataset", default="digits", show_default=True,
+                     help="Dataset name (see `tfmi datasets`) or path to a .npz/.csv file."),
+        data_dir_option,
+        click.option("--label-column", default="label", show_default=True,
+                     help="Label column of a .csv dataset."),
+        click.option("--model", "model_name", default=None,
+                     help=f"{MODEL_LIST} [default: the dataset's usual model]."),
+    ])
+
+
 def recipe_options(command):
-    """Add the optimizer recipe options (and --preset) shared by `tfmi train` and `tfmi benchmark`."""
+    """Add the training recipe options (and --preset) shared by `tfmi train` and `tfmi benchmark`."""
+    from tfmi.training_config import TRAIN_DEFAULTS
+
     options = [
+        click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True),
+        click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True),
+        click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
+                     show_default=True, help="Learning rate of the optimizer below."),
         click.option("--preset", type=click.Choice(["paper"]), default=None,
                      help="The authors' recipe for the dataset (optimizer, schedule, weight decay, batch, "
                           "epochs, lambda, mixup; see tfmi/presets.py). Options given explicitly win."),
@@ -123,9 +148,7 @@ def recipe_options(command):
                      help="Epoch at which the learning rate drops 10x; repeat for several "
                           f"{_train_default_help('lr_milestones')}."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _add(command, options)
 
 
 def given(name: str) -> bool:

@@ -9,24 +9,14 @@ from pathlib import Path
 
 import click
 
-from cli.options import MODEL_LIST, data_dir_option, defense_from_options, defense_options, recipe_options
+from cli.options import dataset_options, defense_from_options, defense_options, recipe_options
 from tfmi.training_config import TRAIN_DEFAULTS
 
 DEFAULT_MODELS_DIR = Path("saved_models")
 
 
 @click.command()
-@click.option("--dataset", default="digits", show_default=True,
-              help="Dataset name (see `tfmi datasets`) or path to a .npz/.csv file.")
-@data_dir_option
-@click.option("--label-column", default="label", show_default=True,
-              help="Label column of a .csv dataset.")
-@click.option("--model", "model_name", default=None,
-              help=f"{MODEL_LIST} [default: the dataset's usual model].")
-@click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True)
-@click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
-              show_default=True, help="Learning rate (of the optimizer below).")
+@dataset_options
 @recipe_options
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS["seed"], show_default=True,
               help="Seeds the membership split and training.")
