@@ -528,7 +528,7 @@ def train_shadows(
                         f"{defense.name!r}: pass batched=False")
     x, y = data.x[pool], np.asarray(data.y[pool])
     result = ShadowSet(pool=pool, masks=masks, config=config, batched=bool(batched), seeds=seeds,
-                       _build=(data.input_shape, data.num_classes))
+                       retrained=np.zeros(k, np.int64), _build=(data.input_shape, data.num_classes))
     if batched:
         template = build_model(config.model, data.input_shape, data.num_classes, seed=seeds[0])
         if _StackedDense.supports(template):
@@ -539,13 +539,13 @@ def train_shadows(
         trainer = _BatchedTrainer(network, config)
         trainer.fit(x, y, masks, config.epochs, config.batch_size, np.random.default_rng(seeds[0]))
         result._network = network
-        result.retrained = np.zeros(k, np.int64)
-        if retrain_failed:
-            _retrain_failed_batched(result, data, defense)
+        logits = result.logits(x)
+        train_accuracy = _accuracies(logits, y, masks)[0]
+        if retrain_failed and _retrain_failed_batched(result, data, defense, train_accuracy):
+            logits = result.logits(x)
         if progress is not None:
             progress(k)
     else:
-        result.retrained = np.zeros(k, np.int64)
         for shadow, s in enumerate(seeds):
             inside, outside = pool[masks[shadow]], pool[~masks[shadow]]
             model = _train_one_shadow(data, inside, outside, config, defense, s)
@@ -555,7 +555,8 @@ def train_shadows(
             result._models.append(model)
             if progress is not None:
                 progress(shadow + 1)
-    result.train_accuracy, result.test_accuracy = _accuracies(result.logits(x), y, masks)
+        logits = result.logits(x)
+    result.train_accuracy, result.test_accuracy = _accuracies(logits, y, masks)
     return result
 
 
@@ -571,21 +572,24 @@ def _retrain_while_failed(model: keras.Model, data: Dataset, inside: np.ndarray,
     return model, attempts
 
 
-def _retrain_failed_batched(shadows: ShadowSet, data: Dataset, defense: DefenseConfig) -> None:
-    """Retrain, one by one (`_retrain_while_failed`), the batched shadows whose training failed. The
-    set is then held as one Keras model per shadow, the others keeping their batched-trained weights;
-    when none failed it stays batched."""
+def _retrain_failed_batched(shadows: ShadowSet, data: Dataset, defense: DefenseConfig,
+                            train_accuracy: np.ndarray) -> bool:
+    """Retrain, one by one (`_retrain_while_failed`), the batched shadows whose training failed
+    (``train_accuracy``: each one's on its IN records). The set is then held as one Keras model per
+    shadow, the others keeping their batched-trained weights; when none failed it stays batched.
+    Returns whether any was retrained."""
     y = np.asarray(data.y[shadows.pool])
-    correct = np.argmax(shadows.logits(data.x[shadows.pool]), axis=2) == y[None, :]
-    failed = [k for k, mask in enumerate(shadows.masks) if training_failed(correct[k, mask].mean(), y[mask])]
+    failed = [k for k, (accuracy, mask) in enumerate(zip(train_accuracy, shadows.masks, strict=True))
+              if training_failed(accuracy, y[mask])]
     if not failed:
-        return
+        return False
     models = [shadows.shadow_model(k) for k in range(shadows.num_shadows)]
     for k in failed:
         inside, outside = shadows.pool[shadows.masks[k]], shadows.pool[~shadows.masks[k]]
         models[k], shadows.retrained[k] = _retrain_while_failed(models[k], data, inside, outside,
                                                                 shadows.config, defense, shadows.seeds[k])
     shadows._network, shadows._models = None, models
+    return True
 
 
 def _train_one_shadow(data: Dataset, inside: np.ndarray, outside: np.ndarray, config: TrainConfig,
