@@ -199,22 +199,22 @@ def _audit(model, signature, members, non_members, population, label_column, dat
                f"{data.num_classes} classes, outputs {target_outputs.kind}")
     click.echo(f"records    {source}: {len(member_idx)} members, {len(non_member_idx)} non-members")
     shadows = None
-    pool = np.sort(np.concatenate([member_idx, non_member_idx]))
-    if shadow_config is not None:
-        from tfmi.attacks.shadow import train_shadows, training_failed
+    from tfmi.audit import audit_shadow_pool, train_audit_shadows
 
-        # shadows that fail to train are redone when the audited model trained (`training_failed`)
-        retrain = not training_failed(float(signals.correct[:len(member_idx)].mean()), data.y[member_idx])
+    pool = audit_shadow_pool(member_idx, non_member_idx)
+    if shadow_config is not None:
+        member_accuracy = float(signals.correct[:len(member_idx)].mean())
         with_defense = f" with defense {defense.name}" if defense is not None else ""
         click.echo(f"training   {num_shadows} {shadow_config.model} shadows{with_defense} on random "
                    f"halves of the {len(pool)} audited records ({shadow_epochs} epochs) ...")
         if executor_config is None:
-            shadows = train_shadows(data, pool, shadow_config, num_shadows=num_shadows, seed=seed,
-                                    defense=defense, retrain_failed=retrain)
+            shadows = train_audit_shadows(data, member_idx, non_member_idx, shadow_config,
+                                          num_shadows=num_shadows, seed=seed, member_accuracy=member_accuracy,
+                                          defense=defense)
         else:
-            shadows = _train_shadows_in_chunks(executor_config, data, pool, shadow_config, member_idx,
-                                               non_member_idx, population_idx, flip, num_shadows, seed,
-                                               shadows_per_task, defense, out, shard, retrain)
+            shadows = _train_shadows_in_chunks(executor_config, data, member_idx, non_member_idx,
+                                               population_idx, flip, shadow_config, num_shadows, seed,
+                                               shadows_per_task, defense, out, shard, member_accuracy)
             if shard is not None:
                 return
 
@@ -334,18 +334,17 @@ def _data_from_files(loaded, members: Path, non_members: Path, population: Path 
     return data, member_idx, non_member_idx, population_idx, f"{members} + {non_members}"
 
 
-def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, non_member_idx, population_idx,
-                             flip, num_shadows, seed, per_task, defense, out, shard, retrain_failed):
+def _train_shadows_in_chunks(executor_config, data, member_idx, non_member_idx, population_idx, flip, config,
+                             num_shadows, seed, per_task, defense, out, shard, member_accuracy):
     """The shadows in chunks on the chosen executor, cached in ``out`` as they finish, with a progress bar;
     a shard trains its own chunks only, reports, and returns None."""
     from tfmi.attacks.shadow import shadow_chunks
-    from tfmi.attacks.suite import shadow_queries
+    from tfmi.audit import audit_shadow_store, train_audit_shadows
     from tfmi.executors import LocalExecutor, make_executor
-    from tfmi.shadow_chunks import ShadowChunkStore, train_shadows_on
 
-    queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
-    store = ShadowChunkStore(out, data, pool, config, queries, num_shadows=num_shadows, seed=seed,
-                             per_task=per_task, defense=defense, retrain_failed=retrain_failed)
+    store = audit_shadow_store(out, data, member_idx, non_member_idx, config, num_shadows=num_shadows,
+                               seed=seed, member_accuracy=member_accuracy, defense=defense,
+                               population_idx=population_idx, flip=flip, per_task=per_task)
     chunks = shadow_chunks(num_shadows, per_task)
     mine = chunks if shard is None else shard.select(chunks)
     cached = [c for c in chunks if store.has(c)]
@@ -357,10 +356,17 @@ def _train_shadows_in_chunks(executor_config, data, pool, config, member_idx, no
     try:
         with click.progressbar(length=sum(b - a for a, b in mine), label="shadows", file=sys.stderr,
                                show_pos=True) as bar:
-            shadows = train_shadows_on(executor, data, pool, config, queries, num_shadows=num_shadows,
-                                       seed=seed, per_task=per_task, defense=defense, store=store,
-                                       chunks=None if shard is None else mine, retrain_failed=retrain_failed,
-                                       on_done=lambda chunk, _: bar.update(chunk[1] - chunk[0]))
+            done = [0]
+
+            def progress(count):
+                bar.update(count - done[0])
+                done[0] = count
+
+            shadows = train_audit_shadows(data, member_idx, non_member_idx, config, num_shadows=num_shadows,
+                                          seed=seed, member_accuracy=member_accuracy, defense=defense,
+                                          population_idx=population_idx, flip=flip, executor=executor,
+                                          per_task=per_task, store=store,
+                                          chunks=None if shard is None else mine, progress=progress)
     finally:
         executor.close()
     if shard is not None:

@@ -368,3 +368,36 @@ def test_audit_function_notes_records_given_as_members_and_non_members():
     report = audit(model, members, mixed, attacks="gap")
     assert report.notes[0].startswith("40 distinct records (40% of the smaller set) are both members")
     assert report.num_non_members == 100
+
+
+def test_audit_shadows_are_the_same_here_in_chunks_and_cached(tmp_path):
+    """`audit`, `tfmi audit` and their chunked and cached forms train one set of shadows: same pool,
+    same logits (deterministic ops), and a store made for one audited model is not used for another."""
+    import tensorflow as tf
+
+    from tfmi.audit import audit_shadow_store, train_audit_shadows
+    from tfmi.data import load_dataset
+    from tfmi.defenses import DefenseConfig
+    from tfmi.training import TrainConfig
+
+    tf.config.experimental.enable_op_determinism()
+    data = load_dataset("digits")
+    members, non_members = np.arange(60, 120), np.arange(0, 60)
+    config = TrainConfig("mlp", epochs=2)
+    mmd = DefenseConfig("mmd", mmd_weight=2.0)
+    here = train_audit_shadows(data, members, non_members, config, num_shadows=2, seed=3, member_accuracy=1.0,
+                               defense=mmd)
+    assert here.pool.tolist() == list(range(120)) and not here.batched  # the defense makes Keras shadows
+    store = audit_shadow_store(tmp_path, data, members, non_members, config,
+                               num_shadows=2, seed=3, member_accuracy=1.0, defense=mmd, per_task=1)
+    counted = []
+    chunked = train_audit_shadows(data, members, non_members, config, num_shadows=2, seed=3,
+                                  member_accuracy=1.0, defense=mmd, per_task=1, store=store,
+                                  progress=counted.append)
+    assert counted[-1] == 2 and sorted(p.name for p in store.folder.iterdir()) == sorted(
+        store.path(c).name for c in [(0, 1), (1, 2)])
+    np.testing.assert_allclose(chunked.logits(data.x[:120]), here.logits(data.x[:120]), atol=1e-5)
+    # the audited model learned nothing: its failed shadows are kept as they are, so the store differs
+    with pytest.raises(ValueError, match="another audited model"):
+        train_audit_shadows(data, members, non_members, config, num_shadows=2, seed=3, member_accuracy=0.0,
+                            defense=mmd, per_task=1, store=store)

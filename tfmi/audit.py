@@ -21,9 +21,10 @@ import numpy as np
 
 from tfmi.attacks.suite import AttackReport, run_attacks, shadow_queries
 from tfmi.data.dataset import Dataset, check_features, check_labels, make_dataset
+from tfmi.defenses.config import DefenseConfig
 from tfmi.errors import TfmiError
-from tfmi.executors import ExecutorConfig, make_executor
-from tfmi.shadow_chunks import train_shadows_on
+from tfmi.executors import ExecutorConfig, LocalExecutor, RayExecutor, make_executor
+from tfmi.shadow_chunks import ShadowChunkStore, train_shadow_set
 from tfmi.training import TrainConfig
 
 
@@ -113,6 +114,70 @@ def append_records(
     return combined, added
 
 
+def audit_shadow_pool(member_idx: np.ndarray, non_member_idx: np.ndarray) -> np.ndarray:
+    """The records an audit's shadows train on: random halves of every audited record (the online
+    setting: each record is IN for half the shadows), in index order."""
+    return np.sort(np.concatenate([member_idx, non_member_idx]))
+
+
+def train_audit_shadows(
+    data: Dataset, member_idx: np.ndarray, non_member_idx: np.ndarray, config: TrainConfig, *,
+    num_shadows: int, seed: int, member_accuracy: float, defense: DefenseConfig | None = None,
+    population_idx: np.ndarray | None = None, flip: bool = False,
+    executor: ExecutorConfig | LocalExecutor | RayExecutor | None = None, per_task: int | None = None,
+    store: ShadowChunkStore | None = None, chunks: list[tuple[int, int]] | None = None, progress=None,
+):
+    """An audit's shadows (`audit_shadow_pool`), trained as `tfmi.shadow_chunks.train_shadow_set`
+    does: here, or in chunks on ``executor`` (a config is started and closed here; a running executor
+    is left open), cached in ``store``, only a shard's ``chunks`` (then None is returned). Shadows that
+    fail to train are retrained when the audited model, at ``member_accuracy`` on its members, trained
+    (`tfmi.attacks.shadow.retrain_failed_for`).
+
+    >>> from tfmi.data import load_dataset
+    >>> data = load_dataset("digits")
+    >>> shadows = train_audit_shadows(data, np.arange(40), np.arange(40, 80), TrainConfig("mlp", epochs=1),
+    ...                               num_shadows=2, seed=0, member_accuracy=1.0)
+    >>> shadows.pool.tolist() == list(range(80)), shadows.logits(data.x[:3]).shape
+    (True, (2, 3, 10))
+    """
+    from tfmi.attacks.shadow import retrain_failed_for
+
+    pool = audit_shadow_pool(member_idx, non_member_idx)
+    retrain = retrain_failed_for(member_accuracy, data.y[member_idx])
+    chunked = executor is not None or per_task is not None or store is not None or chunks is not None
+    if store is not None:
+        if store.retrain_failed != retrain:
+            raise ValueError("the store was made for another audited model: make it with audit_shadow_store")
+        queries = store.queries
+    else:
+        queries = (shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
+                   if chunked else None)
+    runner = make_executor(executor) if isinstance(executor, ExecutorConfig) else executor
+    try:
+        return train_shadow_set(data, pool, config, num_shadows=num_shadows, seed=seed, defense=defense,
+                                retrain_failed=retrain, queries=queries, executor=runner, per_task=per_task,
+                                store=store, chunks=chunks, progress=progress)
+    finally:
+        if runner is not executor:
+            runner.close()
+
+
+def audit_shadow_store(
+    out, data: Dataset, member_idx: np.ndarray, non_member_idx: np.ndarray, config: TrainConfig, *,
+    num_shadows: int, seed: int, member_accuracy: float, defense: DefenseConfig | None = None,
+    population_idx: np.ndarray | None = None, flip: bool = False, per_task: int | None = None,
+) -> ShadowChunkStore:
+    """Where `train_audit_shadows`, given the same arguments, caches its chunks under ``out``: shards of
+    a job array and a rerun after a crash find each other's finished chunks there."""
+    from tfmi.attacks.shadow import retrain_failed_for
+
+    pool = audit_shadow_pool(member_idx, non_member_idx)
+    queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx, flip=flip)
+    return ShadowChunkStore(out, data, pool, config, queries, num_shadows=num_shadows, seed=seed,
+                            per_task=per_task, defense=defense,
+                            retrain_failed=retrain_failed_for(member_accuracy, data.y[member_idx]))
+
+
 def audit(
     model: Any,
     members: tuple[Any, Any],
@@ -127,6 +192,7 @@ def audit(
     population: tuple[Any, Any] | None = None,
     executor: ExecutorConfig | None = None,
     shadows_per_task: int | None = None,
+    shadow_defense: DefenseConfig | None = None,
     **attack_options: Any,
 ) -> AttackReport:
     """Attack ``model`` on ``members`` (x, y), which it trained on, and ``non_members`` (x, y).
@@ -137,7 +203,8 @@ def audit(
         attacks: names or groups (see `tfmi.attacks.suite.parse_attacks`); default all that can run.
         shadows: number of shadow models (0: gap and oracle threshold attacks only). They train on
             random halves of all the given records with ``shadow_config`` (default: ``shadow_model``,
-            or ``mlp`` for vectors and ``cnn`` for images, 30 epochs, Adam 1e-3).
+            or ``mlp`` for vectors and ``cnn`` for images, 30 epochs, Adam 1e-3) and, when the audited
+            model was trained with a defense, that ``shadow_defense``; see `train_audit_shadows`.
         population: (x, y) records the model never trained on that an attacker may hold, for RMIA
             (never the non-members); without it RMIA is skipped.
         executor, shadows_per_task: train the shadows in chunks of ``shadows_per_task`` on an executor
@@ -155,26 +222,13 @@ def audit(
         data, population_idx = append_records(data, population)
     shadow_set = None
     if shadows:
-        from tfmi.attacks.shadow import train_shadows, training_failed
-
         config = shadow_config or TrainConfig(shadow_model or data.default_model, seed=seed)
-        pool = np.concatenate([member_idx, non_member_idx])
-        # shadows that fail to train are redone when the audited model trained (`training_failed`)
         member_outputs = model_outputs(model, data.x[member_idx], outputs=outputs).values
         member_accuracy = float(np.mean(np.argmax(member_outputs, axis=1) == data.y[member_idx]))
-        retrain = not training_failed(member_accuracy, data.y[member_idx])
-        if executor is None and shadows_per_task is None:
-            shadow_set = train_shadows(data, pool, config, num_shadows=shadows, seed=seed,
-                                       retrain_failed=retrain)
-        else:
-            queries = shadow_queries(data, pool, member_idx, non_member_idx, population_idx,
-                                     flip=bool(attack_options.get("flip")))
-            runner = make_executor(executor or ExecutorConfig())
-            try:
-                shadow_set = train_shadows_on(runner, data, pool, config, queries, num_shadows=shadows,
-                                              seed=seed, per_task=shadows_per_task, retrain_failed=retrain)
-            finally:
-                runner.close()
+        shadow_set = train_audit_shadows(
+            data, member_idx, non_member_idx, config, num_shadows=shadows, seed=seed,
+            member_accuracy=member_accuracy, defense=shadow_defense, population_idx=population_idx,
+            flip=bool(attack_options.get("flip")), executor=executor, per_task=shadows_per_task)
     report = run_attacks(model, data, member_idx, non_member_idx, attacks=attacks, shadows=shadow_set,
                          outputs=outputs, seed=seed, population=population_idx, **attack_options)
     warning = overlap_warning(data, member_idx, non_member_idx)

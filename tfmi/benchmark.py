@@ -364,8 +364,8 @@ def run_cell(
     """
     import keras
 
-    from tfmi.attacks.shadow import train_shadows, training_failed
-    from tfmi.attacks.suite import run_attacks, shadow_pool
+    from tfmi.attacks.shadow import retrain_failed_for
+    from tfmi.attacks.suite import run_attacks, shadow_pool, shadow_queries
     from tfmi.data.splits import membership_split
     from tfmi.training import train_target
 
@@ -377,28 +377,17 @@ def run_cell(
     target = train_target(data, split, config, cell.defense, verbose=0)
     shadows = None
     pool = shadow_pool(split, "online")
-    # shadows that fail to train are redone only for a target that trained (see `training_failed`)
-    retrain = not training_failed(target.train_accuracy, data.y[split.members])
-    if spec.num_shadows > 0 and spec.shadows_per_task is None:
-        shadows = train_shadows(data, pool, config, num_shadows=spec.num_shadows, seed=cell.seed + 1,
-                                defense=cell.defense, progress=shadow_progress, retrain_failed=retrain)
-    elif spec.num_shadows > 0:
-        from tfmi.attacks.suite import shadow_queries
-        from tfmi.executors import LocalExecutor
-        from tfmi.shadow_chunks import train_shadows_on
+    retrain = retrain_failed_for(target.train_accuracy, data.y[split.members])
+    if spec.num_shadows > 0:
+        from tfmi.shadow_chunks import train_shadow_set
 
-        done = [0]
-
-        def chunk_done(chunk, outputs):
-            done[0] += chunk[1] - chunk[0]
-            if shadow_progress is not None:
-                shadow_progress(done[0])
-
-        queries = shadow_queries(data, pool, split.members, split.non_members, rmia_population(split))
-        shadows = train_shadows_on(shadow_executor or LocalExecutor(), data, pool, config, queries,
-                                   num_shadows=spec.num_shadows, seed=cell.seed + 1,
-                                   per_task=spec.shadows_per_task, defense=cell.defense, on_done=chunk_done,
-                                   retrain_failed=retrain)
+        chunked = spec.shadows_per_task is not None
+        queries = (shadow_queries(data, pool, split.members, split.non_members, rmia_population(split))
+                   if chunked else None)
+        shadows = train_shadow_set(data, pool, config, num_shadows=spec.num_shadows, seed=cell.seed + 1,
+                                   defense=cell.defense, retrain_failed=retrain, queries=queries,
+                                   executor=shadow_executor if chunked else None,
+                                   per_task=spec.shadows_per_task, progress=shadow_progress)
     report = run_attacks(target.model, data, split.members, split.non_members, attacks=spec.attacks,
                          shadows=shadows, seed=cell.seed, population=rmia_population(split))
     accounting = target.defense.get("accounting") or {}

@@ -51,6 +51,7 @@ class ShadowChunkStore:
         from tfmi.attacks.shadow import SHADOW_DESIGN
 
         self.folder = Path(out) / CHUNKS_DIR
+        self.queries, self.retrain_failed = queries, retrain_failed
         digest = hashlib.sha256()
         for array in (np.ascontiguousarray(queries), np.asarray(pool, np.int64),
                       np.asarray(data.y[pool], np.int64)):
@@ -141,3 +142,41 @@ def train_shadows_on(
                             parts=list(parts.values()), defense=defense)
 
 
+
+
+def train_shadow_set(
+    data: Dataset, pool: np.ndarray, config: TrainConfig, *, num_shadows: int, seed: int,
+    defense: DefenseConfig | None = None, retrain_failed: bool = False, queries: np.ndarray | None = None,
+    executor: LocalExecutor | RayExecutor | None = None, per_task: int | None = None,
+    store: ShadowChunkStore | None = None, chunks: list[tuple[int, int]] | None = None, progress=None,
+):
+    """The shadows of an audit or a benchmark cell: `tfmi.attacks.shadow.train_shadows` here, in one
+    piece, unless an ``executor``, a chunk size ``per_task`` or a ``store`` asks for `train_shadows_on`
+    (then ``queries``, from `tfmi.attacks.suite.shadow_queries`, are required; with ``chunks``, a
+    shard's, it returns None). ``progress(done)`` counts the shadows trained (or found in the store).
+
+    >>> from tfmi.data import load_dataset
+    >>> data = load_dataset("digits")
+    >>> here = train_shadow_set(data, np.arange(64), TrainConfig("mlp", epochs=1), num_shadows=2, seed=0)
+    >>> chunked = train_shadow_set(data, np.arange(64), TrainConfig("mlp", epochs=1), num_shadows=2, seed=0,
+    ...                            queries=data.x[:64], per_task=1)
+    >>> here.logits(data.x[:3]).shape == chunked.logits(data.x[:3]).shape == (2, 3, 10)
+    True
+    """
+    from tfmi.attacks.shadow import train_shadows
+
+    if executor is None and per_task is None and store is None and chunks is None:
+        return train_shadows(data, pool, config, num_shadows=num_shadows, seed=seed, defense=defense,
+                             progress=progress, retrain_failed=retrain_failed)
+    if queries is None:
+        raise ValueError("shadows trained in chunks need the queries the attacks will ask (shadow_queries)")
+    done = [0]
+
+    def chunk_done(chunk, _outputs):
+        done[0] += chunk[1] - chunk[0]
+        if progress is not None:
+            progress(done[0])
+
+    return train_shadows_on(executor or LocalExecutor(), data, pool, config, queries, num_shadows=num_shadows,
+                            seed=seed, per_task=per_task, defense=defense, on_done=chunk_done, store=store,
+                            chunks=chunks, retrain_failed=retrain_failed)

@@ -122,6 +122,17 @@ def training_failed(accuracy: float, labels: np.ndarray) -> bool:
     return bool(accuracy <= chance_level(labels))
 
 
+def retrain_failed_for(target_accuracy: float, labels: np.ndarray) -> bool:
+    """Whether shadows that fail to train are to be retrained (``retrain_failed`` of `train_shadows`):
+    only when the target, with ``target_accuracy`` on its training records ``labels``, trained itself
+    (`training_failed`). Shadows of a target that learned nothing are a model of it as they are.
+
+    >>> retrain_failed_for(1.0, np.arange(30)), retrain_failed_for(0.05, np.arange(30))
+    (True, False)
+    """
+    return not training_failed(target_accuracy, labels)
+
+
 def given_up_shadows(shadows: ShadowSet, labels: np.ndarray) -> np.ndarray:
     """Indices of the shadows retrained `MAX_RETRAINS` times whose last training failed too
     (`training_failed` on their IN records; ``labels``: the dataset's labels, indexed by the pool).
