@@ -221,7 +221,13 @@ def _finish(spec, records, store, started, ran) -> None:
         summary_table_rows,
     )
     from tfmi.environment import library_versions
-    from tfmi.frontier import FRONTIER_HEADERS, frontier_points, frontier_table_rows, summarize_frontiers
+    from tfmi.frontier import (
+        FRONTIER_HEADERS,
+        frontier_point_rows,
+        frontier_points,
+        frontier_table_rows,
+        summarize_frontiers,
+    )
     from tfmi.plots import PrivacyUtilityPoint, plot_frontier, plot_privacy_utility, plot_roc
     from tfmi.report import format_table
     from tfmi.safe_write import write_text_atomic
@@ -288,7 +294,8 @@ def _finish(spec, records, store, started, ran) -> None:
         "cells": records,
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
-    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, frontier_rows, plots))
+    write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, frontier_rows,
+                                                       frontier_point_rows(frontiers), plots))
     store.record_written(["results.json", "results.md", *plots.values()])
     click.echo(f"\ntime      {_time_line(meta)}")
     click.echo(f"saved     {out}/ (results.md, results.json, {', '.join(plots.values())})")
@@ -318,9 +325,9 @@ def _file_names(labels) -> list[str]:
     return names
 
 
-def _markdown(spec, meta, summary, attack_rows, frontier_rows, plots) -> str:
+def _markdown(spec, meta, summary, attack_rows, frontier_rows, point_rows, plots) -> str:
     from tfmi.benchmark import ATTACK_HEADERS, SUMMARY_HEADERS
-    from tfmi.frontier import FRONTIER_HEADERS
+    from tfmi.frontier import FRONTIER_HEADERS, FRONTIER_POINT_HEADERS
     from tfmi.report import markdown_table
 
     train = spec.train
@@ -363,6 +370,12 @@ def _markdown(spec, meta, summary, attack_rows, frontier_rows, plots) -> str:
             "advantage). Settings at that worst value add nothing: the undefended model scores 0.",
             "",
             markdown_table(FRONTIER_HEADERS, frontier_rows),
+            "",
+            "Every setting's coordinates, as `frontier.png` plots them: its mean test accuracy, and for each "
+            "privacy axis the realistic attack with the highest mean over the seeds (± that attack's "
+            "standard deviation), which need not be the *best attack* above (chosen by max adv.).",
+            "",
+            markdown_table(FRONTIER_POINT_HEADERS, point_rows),
             "",
         ]
         if "frontier" in plots:

@@ -12,7 +12,8 @@ import click
 
 from tfmi.errors import TfmiError
 
-OVERALL_HEADERS = ("setting on the overall frontier", "test acc", "TPR@1%FPR", "max adv.")
+OVERALL_HEADERS = ("setting on the overall frontier", "test acc", "TPR@1%FPR", "its attack", "max adv.",
+                   "its attack")
 
 
 def _parse_runs(values: tuple[str, ...]) -> dict[str, Path]:
@@ -70,11 +71,14 @@ def compare(runs, rows, out, force) -> None:
 
 
 def _tables(comparison):
-    from tfmi.frontier import FRONTIER_HEADERS, frontier_table_rows
+    from tfmi.frontier import FRONTIER_HEADERS, frontier_table_rows, with_spread
 
     runs = [[r.name, r.recipe(), str(r.path)] for r in comparison.runs]
+
     def listed(front):
-        return [[p.label, f"{p.test_accuracy:.3f}", _fmt(p.tpr_at_1pct), _fmt(p.advantage)] for p in front]
+        return [[p.label, with_spread(p.test_accuracy, p.test_accuracy_spread),
+                 with_spread(p.tpr_at_1pct, p.tpr_at_1pct_spread), p.tpr_at_1pct_attack or "-",
+                 with_spread(p.advantage, p.advantage_spread), p.advantage_attack or "-"] for p in front]
 
     return [("runs", ("run", "recipe", "results"), runs),
             ("frontiers (privacy axis shared by all runs)", FRONTIER_HEADERS,
@@ -83,10 +87,6 @@ def _tables(comparison):
              OVERALL_HEADERS, listed(comparison.overall_front)),
             ("overall frontier by max advantage", OVERALL_HEADERS,
              listed(comparison.overall_front_advantage))]
-
-
-def _fmt(value):
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _write(comparison, tables, out: Path, force: bool) -> None:

@@ -51,8 +51,9 @@ def test_compare_merges_two_recipes_on_one_privacy_axis(two_recipes, tmp_path):
     for name in ("short", "long"):  # every point is the benchmark's own, renamed, values untouched
         own = json.loads((two_recipes / name / "results.json").read_text())["frontier"]["points"]
         mine = [p for p in saved["points"] if p["defense"].endswith(f"@{name}")]
-        assert [(p["test_accuracy"], p["tpr_at_1pct"], p["advantage"]) for p in mine] == \
-            [(p["test_accuracy"], p["tpr_at_1pct"], p["advantage"]) for p in own]
+        kept = [{k: v for k, v in p.items() if k not in ("label", "defense")} for p in mine]
+        assert kept == [{k: v for k, v in p.items() if k not in ("label", "defense")} for p in own]
+        assert all(p["tpr_at_1pct_attack"] and p["advantage_attack"] for p in mine)
 
     comparison = compare_frontiers({"short": two_recipes / "short", "long": two_recipes / "long"})
     front = comparison.overall_front
@@ -74,7 +75,8 @@ def test_compare_merges_two_recipes_on_one_privacy_axis(two_recipes, tmp_path):
     assert "## Overall frontier by TPR@1%FPR" in markdown
     assert "## Overall frontier by max advantage" in markdown
     for p in comparison.overall_front_advantage:
-        assert f"| {p.label} |" in markdown
+        assert f"| {p.label} | {p.test_accuracy:.3f} |" in markdown
+        assert f"| {p.advantage:.3f} | {p.advantage_attack} |" in markdown
 
     again = run(["compare", f"short={two_recipes / 'short'}", f"long={two_recipes / 'long'}",
                  "--out", str(out)])
@@ -156,6 +158,8 @@ def bad_point(**changes):
     (lambda t: results(t, "b", bad_point(tpr_at_1pct=1.5)), "tpr_at_1pct 1.5; it must be a number in"),
     (lambda t: results(t, "b", bad_point(advantage="high")), "advantage 'high'"),
     (lambda t: results(t, "b", bad_point(label=None)), "has no label or defense name"),
+    (lambda t: results(t, "b", bad_point(tpr_at_1pct_spread=-0.1)), "tpr_at_1pct_spread -0.1; it must be a"),
+    (lambda t: results(t, "b", bad_point(advantage_attack=3)), "advantage_attack 3; it must be an attack's"),
     (lambda t: results(t, "b", ["none"]), "frontier point 0 is not an object"),
     (lambda t: results(t, "b", []), "holds no frontier points"),
     (lambda t: results(t, "b", dataset="cifar10"), "dataset: a digits, b cifar10"),

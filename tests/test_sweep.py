@@ -210,6 +210,35 @@ def test_frontier_summary_per_defense_shares_one_range():
     assert rows[2][3:5] == ["0.500", "-"] and rows[2][6] == "-"
 
 
+def test_each_frontier_point_names_the_attack_behind_each_axis_with_its_spread():
+    from tfmi.benchmark import AttackSummary, DefenseRow, Stat
+    from tfmi.frontier import FRONTIER_POINT_HEADERS, frontier_point_rows, frontier_points
+
+    def attack(name, source, advantage, tpr):
+        none = Stat(None, 0.0)
+        return AttackSummary(name, source, none, advantage, none, none, tpr, none)
+
+    # over two seeds: LiRA has the highest mean TPR@1%FPR, RMIA the highest max advantage, and the
+    # oracle row, higher on both, is no attack
+    attacks = [attack("LiRA online", "lira", Stat(0.30, 0.02), Stat(0.085, 0.036)),
+               attack("RMIA online", "rmia", Stat(0.39, 0.006), Stat(0.070, 0.010)),
+               attack("loss", "oracle", Stat(0.90, 0.0), Stat(0.5, 0.0))]
+    row = DefenseRow("dp-sgd (noise_multiplier=0.5)", 2, Stat(0.7, 0.01), Stat(0.512, 0.013), Stat(0.2, 0.0),
+                     Stat(None, 0.0), None, attacks=attacks, name="dp-sgd")
+    undefended = DefenseRow("none", 2, Stat(1.0, 0.0), Stat(0.55, 0.004), Stat(0.45, 0.0), Stat(None, 0.0),
+                            None, attacks=[attack("LiRA online", "lira", Stat(0.9, 0.0), Stat(0.8, 0.03))],
+                            name="none")
+    dp, none = frontier_points([row, undefended])
+    assert (dp.tpr_at_1pct, dp.tpr_at_1pct_attack, dp.tpr_at_1pct_spread) == (0.085, "LiRA online", 0.036)
+    assert (dp.advantage, dp.advantage_attack, dp.advantage_spread) == (0.39, "RMIA online", 0.006)
+    assert dp.test_accuracy_spread == 0.013 and none.tpr_at_1pct_attack == "LiRA online"
+    rows = frontier_point_rows(summarize_frontiers([dp, none]))
+    assert [len(r) for r in rows] == [len(FRONTIER_POINT_HEADERS)] * 2
+    assert rows[0] == ["dp-sgd (noise_multiplier=0.5)", "0.512 ± 0.013", "0.085 ± 0.036", "LiRA online",
+                       "0.390 ± 0.006", "RMIA online", "TPR, adv."]
+    assert rows[1][2] == "0.800 ± 0.030"
+
+
 def lines_by_gid(ax):
     return {line.get_gid(): line for line in ax.lines if line.get_gid()}
 
@@ -294,6 +323,10 @@ def test_a_tiny_sweep_on_digits_gives_rows_frontier_and_plot_and_resumes(tmp_pat
     markdown = (out / "results.md").read_text()
     assert "| l2 (l2=0.01) |" in markdown and "## Privacy-utility frontiers" in markdown
     assert "![frontier](frontier.png)" in markdown
+    for p in points:  # every point in the table of coordinates, with the attack behind each axis
+        coordinates = f"| {p.label} | {p.test_accuracy:.3f} | {p.tpr_at_1pct:.3f} | {p.tpr_at_1pct_attack} |"
+        assert coordinates in markdown
+        assert p.advantage_attack in {r["attack"] for r in results["cells"][0]["report"]["results"]}
     meta = results["meta"]
     assert meta["cell_seconds_total"] == pytest.approx(sum(c["seconds"] for c in results["cells"]), abs=0.2)
     assert meta["cells_run"] == 3 and meta["elapsed_seconds"] >= meta["cell_seconds_total"] - 0.2

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tfmi.errors import TfmiError
@@ -78,13 +78,22 @@ FRONTIER_HEADERS = ("defense", "points", "on frontier", *(f"best test acc @ TPR@
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """One defense setting: mean test accuracy and mean privacy metrics over its seeds (None: unmeasured)."""
+    """One defense setting: mean test accuracy and mean privacy metrics over its seeds (None: unmeasured).
+
+    From a benchmark (`frontier_points`) it also says which attack gives each privacy metric and that
+    attack's standard deviation over the seeds (``*_attack``, ``*_spread``), and the test accuracy's.
+    """
 
     label: str
     defense: str
     test_accuracy: float
     tpr_at_1pct: float | None
     advantage: float | None
+    test_accuracy_spread: float | None = field(default=None, repr=False)
+    tpr_at_1pct_attack: str | None = field(default=None, repr=False)
+    tpr_at_1pct_spread: float | None = field(default=None, repr=False)
+    advantage_attack: str | None = field(default=None, repr=False)
+    advantage_spread: float | None = field(default=None, repr=False)
 
     def metric(self, name: str) -> float | None:
         return getattr(self, _check_metric(name))
@@ -138,11 +147,24 @@ def frontier_points(rows: Sequence[DefenseRow]) -> list[FrontierPoint]:
         if row.test_accuracy.mean is None:
             continue
         realistic = [a for a in row.attacks if a.threshold_source != "oracle"]
-        tprs = [a.tpr_at_1pct.mean for a in realistic if a.tpr_at_1pct.mean is not None]
-        advantages = [a.advantage.mean for a in realistic if a.advantage.mean is not None]
-        points.append(FrontierPoint(row.defense, row.name, row.test_accuracy.mean,
-                                    max(tprs) if tprs else None, max(advantages) if advantages else None))
+        by_tpr = _strongest(realistic, "tpr_at_1pct")
+        by_advantage = _strongest(realistic, "advantage")
+        points.append(FrontierPoint(
+            row.defense, row.name, row.test_accuracy.mean,
+            by_tpr.tpr_at_1pct.mean if by_tpr else None,
+            by_advantage.advantage.mean if by_advantage else None,
+            test_accuracy_spread=row.test_accuracy.spread,
+            tpr_at_1pct_attack=by_tpr.label if by_tpr else None,
+            tpr_at_1pct_spread=by_tpr.tpr_at_1pct.spread if by_tpr else None,
+            advantage_attack=by_advantage.label if by_advantage else None,
+            advantage_spread=by_advantage.advantage.spread if by_advantage else None))
     return points
+
+
+def _strongest(attacks, metric: str):
+    """The attack with the highest mean ``metric`` (the first of equals), or None if none measures it."""
+    measured = [a for a in attacks if getattr(a, metric).mean is not None]
+    return max(measured, key=lambda a: getattr(a, metric).mean) if measured else None
 
 
 def _measured(points: Sequence[FrontierPoint], metric: str) -> list[tuple[float, float, FrontierPoint]]:
@@ -242,3 +264,34 @@ def frontier_table_rows(frontiers: Sequence[DefenseFrontier]) -> list[list[objec
          _fmt(f.area), _fmt(f.area_advantage)]
         for f in frontiers
     ]
+
+
+FRONTIER_POINT_HEADERS = ("setting", "test acc", "TPR@1%FPR", "its attack", "max adv.", "its attack",
+                          "on frontier")
+
+
+def with_spread(value: float | None, spread: float | None) -> str:
+    """``0.085 ± 0.036``; the spread left out when 0 or unknown, ``-`` for no value.
+
+    >>> with_spread(0.0846, 0.0361), with_spread(0.5, None), with_spread(None, None)
+    ('0.085 ± 0.036', '0.500', '-')
+    """
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ± {spread:.3f}" if spread else "")
+
+
+def frontier_point_rows(frontiers: Sequence[DefenseFrontier]) -> list[list[object]]:
+    """One line per setting, under `FRONTIER_POINT_HEADERS`: the coordinates `frontier.png` plots, the
+    attack behind each privacy metric (± its spread over seeds), and on which axes the setting is on its
+    defense's frontier (``TPR``, ``adv.``, both, or ``-``)."""
+    rows = []
+    for f in frontiers:
+        on_tpr, on_advantage = {p.label for p in f.front}, {p.label for p in f.front_advantage}
+        for p in f.points:
+            axes = [name for name, front in (("TPR", on_tpr), ("adv.", on_advantage)) if p.label in front]
+            rows.append([p.label, with_spread(p.test_accuracy, p.test_accuracy_spread),
+                         with_spread(p.tpr_at_1pct, p.tpr_at_1pct_spread), p.tpr_at_1pct_attack or "-",
+                         with_spread(p.advantage, p.advantage_spread), p.advantage_attack or "-",
+                         ", ".join(axes) or "-"])
+    return rows

@@ -35,6 +35,7 @@ and shadow count; their seeds and training may differ.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -95,8 +96,7 @@ class FrontierComparison:
         return {
             "runs": [{"name": r.name, "path": str(r.path), "recipe": r.recipe(), "spec": r.spec}
                      for r in self.runs],
-            "points": [{"label": p.label, "defense": p.defense, "test_accuracy": p.test_accuracy,
-                        "tpr_at_1pct": p.tpr_at_1pct, "advantage": p.advantage} for p in self.points],
+            "points": [dataclasses.asdict(p) for p in self.points],
             "defenses": [f.to_dict() for f in self.frontiers],
             "overall_frontier_tpr_at_1pct": [p.label for p in self.overall_front],
             "overall_frontier_advantage": [p.label for p in self.overall_front_advantage],
@@ -167,8 +167,22 @@ def _point(file: Path, index: int, raw: Any, run: str) -> FrontierPoint:
         values[key] = float(value)
     # "mmd (mmd_weight=2)" of run paper -> "mmd@paper (mmd_weight=2)": the setting stays a suffix
     renamed = f"{defense}@{run}{label[len(defense):]}" if label.startswith(defense) else f"{label}@{run}"
+    details = {}
+    for key in ("test_accuracy_spread", "tpr_at_1pct_spread", "advantage_spread"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise TfmiError(f"{where} ({label}) has {key} {value!r}; it must be a number >= 0: the file is "
+                            "damaged; re-run that benchmark")
+        details[key] = None if value is None else float(value)
+    for key in ("tpr_at_1pct_attack", "advantage_attack"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise TfmiError(f"{where} ({label}) has {key} {value!r}; it must be an attack's name: the file "
+                            "is damaged; re-run that benchmark")
+        details[key] = value
     return FrontierPoint(renamed, f"{defense}@{run}", values["test_accuracy"],
-                         values["tpr_at_1pct"], values["advantage"])
+                         values["tpr_at_1pct"], values["advantage"], **details)
 
 
 def _check_comparable(runs: Sequence[ComparedRun]) -> None:
