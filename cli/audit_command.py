@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from cli.options import MODEL_LIST, data_dir_option, executor_from_options, executor_options
+from tfmi.attacks.names import ATTACK_LIST
 from tfmi.errors import TfmiError
 from tfmi.training_config import TRAIN_DEFAULTS
 
@@ -39,7 +40,7 @@ NO_DATA_MESSAGE = "give --members and --non-members files, or a model directory 
               help="What the model returns; auto reads a Keras model's last activation, else checks "
                    "whether rows are distributions.")
 @click.option("--attacks", default="all", show_default=True,
-              help="Comma list of attacks or groups (all, threshold, learned, lira).")
+              help=f"Comma list of attacks or groups ({ATTACK_LIST}), or names such as loss,lira_online.")
 @click.option("--shadows", "num_shadows", type=click.IntRange(min=0), default=0, show_default=True,
               help="Shadow models to train (0: none; only the gap attack and oracle upper bounds run). "
                    "Shadows train on random halves of all audited records, members and non-members "

@@ -22,6 +22,7 @@ from cli.options import (
     executor_options,
     recipe_options,
 )
+from tfmi.attacks.names import ATTACK_LIST
 from tfmi.defenses.config import DEFAULT_DEFENSES
 
 DEFAULT_OUT = Path("tfmi-benchmarks")
@@ -41,8 +42,7 @@ DEFAULT_OUT = Path("tfmi-benchmarks")
                    "costs a cell per seed (target and shadows); frontier.png and the frontier table "
                    "compare the defenses over their settings.")
 @click.option("--attacks", default="all", show_default=True,
-              help="Comma list of attacks or groups: all, threshold, learned, lira, or names such as "
-                   "loss,lira_online.")
+              help=f"Comma list of attacks or groups ({ATTACK_LIST}), or names such as loss,lira_online.")
 @click.option("--shadows", "num_shadows", type=int, default=8, show_default=True,
               help="Shadow models per cell, trained like the target (0: oracle threshold attacks only).")
 @click.option("--shadows-per-task", type=click.IntRange(min=1), default=None,

@@ -330,3 +330,16 @@ def test_lira_beats_threshold_attacks_on_location30(shared_data_dir):
     # measured earlier: 0.813 vs 0.021
     assert lira.tpr_at_fpr[0.01] > best_threshold
     assert lira.tpr_at_fpr[0.01] > 0.3
+
+
+@pytest.mark.parametrize("command", ["audit", "benchmark"])
+def test_attacks_help_names_every_group_parse_attacks_takes(command):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from tfmi.attacks.suite import ATTACK_GROUPS
+
+    text = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
+    help_line = text[text.index("--attacks TEXT"):][:200]
+    for group in ATTACK_GROUPS:
+        assert group in help_line and parse_attacks(group) == ATTACK_GROUPS[group]

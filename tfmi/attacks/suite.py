@@ -35,31 +35,25 @@ import numpy as np
 
 from tfmi.attacks.lira import LiRA
 from tfmi.attacks.metrics import AttackResult
+from tfmi.attacks.names import (  # noqa: F401  (re-exported: tfmi.attacks.suite has always named them)
+    ATTACK_GROUPS,
+    ATTACK_NAMES,
+    LEARNED_ATTACK_NAMES,
+    LIRA_ATTACK_NAMES,
+    RMIA_ATTACK_NAMES,
+    SHADOW_ONLY_ATTACKS,
+    THRESHOLD_ATTACK_NAMES,
+)
 from tfmi.attacks.shadow import ShadowSet
 from tfmi.attacks.signals import ModelOutputs, Signals, compute_signals, model_outputs
-from tfmi.attacks.threshold import THRESHOLD_ATTACKS, ThresholdAttack
+from tfmi.attacks.threshold import ThresholdAttack
 from tfmi.data.dataset import Dataset
 from tfmi.data.splits import MembershipSplit
 from tfmi.errors import TfmiError
 from tfmi.inference import PREDICT_BATCH_SIZE
 
-THRESHOLD_ATTACK_NAMES = tuple(THRESHOLD_ATTACKS)
-LEARNED_ATTACK_NAMES = ("shokri", "top3")
-LIRA_ATTACK_NAMES = ("lira_online", "lira_offline")
-RMIA_ATTACK_NAMES = ("rmia_online", "rmia_offline")
-#: every attack `run_attacks` knows, in report order
-ATTACK_NAMES = (*THRESHOLD_ATTACK_NAMES, *LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES, *RMIA_ATTACK_NAMES)
-#: attacks that cannot run without shadow models
-SHADOW_ONLY_ATTACKS = (*LEARNED_ATTACK_NAMES, *LIRA_ATTACK_NAMES, *RMIA_ATTACK_NAMES)
 #: below this many shadows LiRA uses one global variance (Carlini et al. 2022 recommend it for few)
 FIXED_VARIANCE_BELOW = 64
-ATTACK_GROUPS = {
-    "all": ATTACK_NAMES,
-    "threshold": THRESHOLD_ATTACK_NAMES,
-    "learned": LEARNED_ATTACK_NAMES,
-    "lira": LIRA_ATTACK_NAMES,
-    "rmia": RMIA_ATTACK_NAMES,
-}
 SHADOW_POOL_MODES = ("online", "offline")
 
 

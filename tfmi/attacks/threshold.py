@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from tfmi.attacks.metrics import AttackResult, check_membership, evaluate_scores
+from tfmi.attacks.names import THRESHOLD_ATTACK_NAMES
 from tfmi.attacks.signals import Signals
 from tfmi.data.dataset import check_labels
 from tfmi.errors import TfmiError
@@ -42,6 +43,7 @@ THRESHOLD_ATTACKS: dict[str, _Rule] = {
     "entropy": _Rule("entropy", -1.0),
     "modified_entropy": _Rule("modified_entropy", -1.0),
 }
+assert tuple(THRESHOLD_ATTACKS) == THRESHOLD_ATTACK_NAMES, "tfmi.attacks.names lists the threshold attacks"
 
 
 class ThresholdAttack:
