@@ -128,17 +128,18 @@ def dataset_options(command):
 
 def recipe_options(command):
     """Add the training recipe options (and --preset) shared by `tfmi train` and `tfmi benchmark`."""
-    from tfmi.training_config import TRAIN_DEFAULTS
+    from tfmi.presets import PRESET_NAMES
+    from tfmi.training_config import OPTIMIZERS, TRAIN_DEFAULTS
 
     options = [
         click.option("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"], show_default=True),
         click.option("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"], show_default=True),
         click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS["learning_rate"],
                      show_default=True, help="Learning rate of the optimizer below."),
-        click.option("--preset", type=click.Choice(["paper"]), default=None,
+        click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
                      help="The authors' recipe for the dataset (optimizer, schedule, weight decay, batch, "
                           "epochs, lambda, mixup; see tfmi/presets.py). Options given explicitly win."),
-        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
                      help=f"Optimizer {_train_default_help('optimizer')}."),
         click.option("--momentum", type=float, default=None,
                      help=f"SGD momentum {_train_default_help('momentum')}."),
