@@ -223,6 +223,9 @@ def _finish(spec, records, store, started, ran) -> None:
     from tfmi.environment import library_versions
     from tfmi.frontier import (
         FRONTIER_HEADERS,
+        METRICS,
+        equal_utility_headers,
+        equal_utility_rows,
         frontier_point_rows,
         frontier_points,
         frontier_table_rows,
@@ -241,9 +244,14 @@ def _finish(spec, records, store, started, ran) -> None:
     fpoints = frontier_points(rows)
     frontiers = summarize_frontiers(fpoints)
     frontier_rows = frontier_table_rows(frontiers)
+    equal_headers = equal_utility_headers(frontiers)
+    equal_rows = {metric: equal_utility_rows(frontiers, metric) for metric in METRICS}
     if frontier_rows:
         click.echo("")
         click.echo(format_table(FRONTIER_HEADERS, frontier_rows))
+    if equal_rows["tpr_at_1pct"] and len(frontiers) > 1:
+        click.echo(f"\nlowest {METRICS['tpr_at_1pct']} at equal test accuracy")
+        click.echo(format_table(equal_headers, equal_rows["tpr_at_1pct"]))
 
     points = []
     for row in rows:
@@ -290,12 +298,15 @@ def _finish(spec, records, store, started, ran) -> None:
             "table": [dict(zip(FRONTIER_HEADERS, r, strict=True)) for r in frontier_rows],
             "defenses": [f.to_dict() for f in frontiers],
             "points": [dataclasses.asdict(p) for p in fpoints],
+            "equal_utility": {metric: [dict(zip(equal_headers, r, strict=True)) for r in rows]
+                              for metric, rows in equal_rows.items()},
         },
         "cells": records,
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     write_text_atomic(out / "results.md", _markdown(spec, meta, summary, attack_rows, frontier_rows,
-                                                       frontier_point_rows(frontiers), plots))
+                                                       frontier_point_rows(frontiers),
+                                                       (equal_headers, equal_rows), plots))
     store.record_written(["results.json", "results.md", *plots.values()])
     click.echo(f"\ntime      {_time_line(meta)}")
     click.echo(f"saved     {out}/ (results.md, results.json, {', '.join(plots.values())})")
@@ -325,9 +336,9 @@ def _file_names(labels) -> list[str]:
     return names
 
 
-def _markdown(spec, meta, summary, attack_rows, frontier_rows, point_rows, plots) -> str:
+def _markdown(spec, meta, summary, attack_rows, frontier_rows, point_rows, equal_utility, plots) -> str:
     from tfmi.benchmark import ATTACK_HEADERS, SUMMARY_HEADERS
-    from tfmi.frontier import FRONTIER_HEADERS, FRONTIER_POINT_HEADERS
+    from tfmi.frontier import ACCURACY_COSTS, FRONTIER_HEADERS, FRONTIER_POINT_HEADERS, METRICS
     from tfmi.report import markdown_table
 
     train = spec.train
@@ -378,6 +389,18 @@ def _markdown(spec, meta, summary, attack_rows, frontier_rows, point_rows, plots
             markdown_table(FRONTIER_POINT_HEADERS, point_rows),
             "",
         ]
+        equal_headers, equal_rows = equal_utility
+        if equal_rows["tpr_at_1pct"]:
+            costs = ", ".join(f"{c:g}" for c in ACCURACY_COSTS)
+            lines += [
+                "### Privacy at equal test accuracy", "",
+                "The same frontiers read the other way: for each test accuracy the undefended model "
+                f"keeps, or loses by {costs}, each defense's lowest leakage among its settings at least "
+                "that accurate (and the setting), means over seeds; - where no setting is that accurate.",
+                "",
+            ]
+            for metric, rows in equal_rows.items():
+                lines += [f"Lowest {METRICS[metric]}:", "", markdown_table(equal_headers, rows), ""]
         if "frontier" in plots:
             lines += [f"![frontier]({plots['frontier']})", ""]
     lines += ["## Every attack", "", markdown_table(ATTACK_HEADERS, attack_rows), ""]

@@ -71,7 +71,14 @@ def compare(runs, rows, out, force) -> None:
 
 
 def _tables(comparison):
-    from tfmi.frontier import FRONTIER_HEADERS, frontier_table_rows, with_spread
+    from tfmi.frontier import (
+        FRONTIER_HEADERS,
+        METRICS,
+        equal_utility_headers,
+        equal_utility_rows,
+        frontier_table_rows,
+        with_spread,
+    )
 
     runs = [[r.name, r.recipe(), str(r.path)] for r in comparison.runs]
 
@@ -86,7 +93,10 @@ def _tables(comparison):
             ("overall frontier by TPR@1%FPR (every other setting is beaten on both axes by one of these)",
              OVERALL_HEADERS, listed(comparison.overall_front)),
             ("overall frontier by max advantage", OVERALL_HEADERS,
-             listed(comparison.overall_front_advantage))]
+             listed(comparison.overall_front_advantage)),
+            *((f"lowest {METRICS[metric]} at equal test accuracy (each defense's least leaky setting at "
+               "least that accurate)", equal_utility_headers(comparison.frontiers),
+               equal_utility_rows(comparison.frontiers, metric)) for metric in METRICS)]
 
 
 def _write(comparison, tables, out: Path, force: bool) -> None:

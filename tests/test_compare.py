@@ -74,6 +74,11 @@ def test_compare_merges_two_recipes_on_one_privacy_axis(two_recipes, tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "## Overall frontier by TPR@1%FPR" in markdown
     assert "## Overall frontier by max advantage" in markdown
+    equal = saved["equal_utility"]["tpr_at_1pct"]  # costs count from the best undefended model of all runs
+    best_undefended = max(p.test_accuracy for p in comparison.points if p.defense.startswith("none@"))
+    assert equal[0]["test acc at least"] == f"{best_undefended:.3f} (undefended)"
+    assert set(equal[0]) == {"test acc at least", *(f.defense for f in comparison.frontiers)}
+    assert "## Lowest best attack's TPR@1%FPR at equal test accuracy" in markdown
     for p in comparison.overall_front_advantage:
         assert f"| {p.label} | {p.test_accuracy:.3f} |" in markdown
         assert f"| {p.advantage:.3f} | {p.advantage_attack} |" in markdown

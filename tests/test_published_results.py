@@ -89,6 +89,14 @@ def test_location30_defaults_summary_is_the_published_summary():
         assert best == (published_best if published_best != "-" else "none reaches it"), title
 
 
+def test_location30_defaults_equal_utility_table_is_the_published_one():
+    readme = section("## Results: privacy/utility frontiers on Location30")
+    results = (ROOT / "docs" / "frontiers" / "location30-defaults" / "results.md").read_text()
+    published = results[results.index("Lowest best attack's TPR@1%FPR:"):]
+    table = published[published.index("| test acc at least"):].split("\n\n")[0]
+    assert table.count("\n") == 7 and table in readme
+
+
 @pytest.mark.parametrize("cell, expected", [("0.568 / 0.546", ["0.568", "0.546"]),
                                             ("0.552 ± 0.004", ["0.552"])])
 def test_values_reads_the_printed_figures(cell, expected):

@@ -239,6 +239,30 @@ def test_each_frontier_point_names_the_attack_behind_each_axis_with_its_spread()
     assert rows[1][2] == "0.800 ± 0.030"
 
 
+def test_equal_utility_gives_each_defense_its_least_leaky_setting_at_each_accuracy():
+    from tfmi.frontier import equal_utility_headers, equal_utility_rows
+
+    points = [point("none", 0.60, 0.80, 0.90, "none"),
+              point("dp (noise=0.3)", 0.61, 0.15, 0.50, "dp"), point("dp (noise=1)", 0.45, 0.04, 0.20, "dp"),
+              point("mmd (w=2)", 0.58, 0.30, 0.60, "mmd"), point("mmd (w=20)", 0.50, 0.07, 0.30, "mmd"),
+              point("mmd (w=50)", 0.20, 0.01, 0.05, "mmd")]
+    frontiers = summarize_frontiers(points)
+    assert equal_utility_headers(frontiers) == ("test acc at least", "none", "dp", "mmd")
+    rows = equal_utility_rows(frontiers, costs=(0.0, 0.05, 0.10, 0.15, 0.5))
+    assert rows == [
+        ["0.600 (undefended)", "0.800", "0.150 (noise=0.3)", "-"],             # only dp is as accurate
+        ["0.550 (undefended - 0.05)", "0.800", "0.150 (noise=0.3)", "0.300 (w=2)"],
+        ["0.500 (undefended - 0.1)", "0.800", "0.150 (noise=0.3)", "0.070 (w=20)"],  # 0.50 counts
+        ["0.450 (undefended - 0.15)", "0.800", "0.040 (noise=1)", "0.070 (w=20)"],
+        ["0.100 (undefended - 0.5)", "0.800", "0.040 (noise=1)", "0.010 (w=50)"]]
+    by_advantage = equal_utility_rows(frontiers, "advantage", costs=(0.1,))
+    assert by_advantage == [["0.500 (undefended - 0.1)", "0.900", "0.500 (noise=0.3)", "0.300 (w=20)"]]
+    # without an undefended row the costs count from the most accurate setting
+    assert equal_utility_rows(summarize_frontiers(points[1:]), costs=(0.0,)) == [
+        ["0.610 (best)", "0.150 (noise=0.3)", "-"]]
+    assert equal_utility_rows([]) == []
+
+
 def lines_by_gid(ax):
     return {line.get_gid(): line for line in ax.lines if line.get_gid()}
 
@@ -327,6 +351,9 @@ def test_a_tiny_sweep_on_digits_gives_rows_frontier_and_plot_and_resumes(tmp_pat
         coordinates = f"| {p.label} | {p.test_accuracy:.3f} | {p.tpr_at_1pct:.3f} | {p.tpr_at_1pct_attack} |"
         assert coordinates in markdown
         assert p.advantage_attack in {r["attack"] for r in results["cells"][0]["report"]["results"]}
+    equal = frontier["equal_utility"]["tpr_at_1pct"]
+    assert [list(r)[1:] for r in equal][0] == ["none", "l2"] and len(equal) == 6
+    assert "### Privacy at equal test accuracy" in markdown
     meta = results["meta"]
     assert meta["cell_seconds_total"] == pytest.approx(sum(c["seconds"] for c in results["cells"]), abs=0.2)
     assert meta["cells_run"] == 3 and meta["elapsed_seconds"] >= meta["cell_seconds_total"] - 0.2

@@ -295,3 +295,74 @@ def frontier_point_rows(frontiers: Sequence[DefenseFrontier]) -> list[list[objec
                          with_spread(p.advantage, p.advantage_spread), p.advantage_attack or "-",
                          ", ".join(axes) or "-"])
     return rows
+
+
+#: test-accuracy points below the undefended model at which `equal_utility_rows` gives each defense's
+#: lowest leakage (the dual of `best_accuracy_at`: privacy bought for a given cost in accuracy)
+ACCURACY_COSTS = (0.0, 0.025, 0.05, 0.10, 0.15, 0.20)
+
+
+def lowest_metric_at(points: Sequence[FrontierPoint], min_accuracy: float,
+                     metric: str = "tpr_at_1pct") -> FrontierPoint | None:
+    """The point with the lowest ``metric`` among those at least ``min_accuracy`` accurate (the more
+    accurate of equals); None if there is none.
+
+    >>> pts = [FrontierPoint("a", "d", 0.60, 0.30, None), FrontierPoint("b", "d", 0.55, 0.10, None)]
+    >>> lowest_metric_at(pts, 0.58).label, lowest_metric_at(pts, 0.5).label, lowest_metric_at(pts, 0.7)
+    ('a', 'b', None)
+    """
+    eligible = [(x, -acc, p) for x, acc, p in _measured(points, _check_metric(metric))
+                if acc >= min_accuracy]
+    return min(eligible, key=lambda t: (t[0], t[1]))[2] if eligible else None
+
+
+def reference_accuracy(points: Sequence[FrontierPoint]) -> tuple[float, str] | None:
+    """The accuracy costs' zero: the undefended model's test accuracy (the best, when several runs have
+    one), else the best of all points; with its name (``undefended`` or ``best``)."""
+    undefended = [p.test_accuracy for p in points if split_run(p.defense)[0] == UNDEFENDED]
+    if undefended:
+        return max(undefended), "undefended"
+    return (max(p.test_accuracy for p in points), "best") if points else None
+
+
+def _setting(p: FrontierPoint) -> str:
+    """``dp-sgd (noise_multiplier=0.5)`` -> ``noise_multiplier=0.5``; a defense without parameters: ''."""
+    start = p.label.find(" (")
+    return p.label[start + 2:-1] if start >= 0 and p.label.endswith(")") else ""
+
+
+def equal_utility_headers(frontiers: Sequence[DefenseFrontier]) -> tuple[str, ...]:
+    return ("test acc at least", *(f.defense for f in frontiers))
+
+
+def equal_utility_rows(frontiers: Sequence[DefenseFrontier], metric: str = "tpr_at_1pct",
+                       costs: Sequence[float] = ACCURACY_COSTS) -> list[list[object]]:
+    """One line per accuracy cost, under `equal_utility_headers`: each defense's lowest ``metric``
+    (and the setting reaching it) among its settings at least as accurate as the undefended model
+    (`reference_accuracy`) minus the cost; ``-`` where no setting is that accurate.
+
+    >>> none = FrontierPoint("none", "none", 0.55, 0.80, 0.90)
+    >>> dp = [FrontierPoint("dp (noise=0.3)", "dp", 0.56, 0.15, 0.5),
+    ...       FrontierPoint("dp (noise=1)", "dp", 0.41, 0.04, 0.2)]
+    >>> for row in equal_utility_rows(summarize_frontiers([none, *dp]), costs=(0.0, 0.15)):
+    ...     print(row)
+    ['0.550 (undefended)', '0.800', '0.150 (noise=0.3)']
+    ['0.400 (undefended - 0.15)', '0.800', '0.040 (noise=1)']
+    """
+    reference = reference_accuracy([p for f in frontiers for p in f.points])
+    if reference is None:
+        return []
+    accuracy, name = reference
+    rows = []
+    for cost in costs:
+        level = accuracy - cost
+        cells: list[object] = [f"{level:.3f} ({name}{f' - {cost:g}' if cost else ''})"]
+        for f in frontiers:
+            best = lowest_metric_at(f.points, level - 1e-9, metric)
+            if best is None:
+                cells.append("-")
+                continue
+            setting = _setting(best)
+            cells.append(f"{best.metric(metric):.3f}" + (f" ({setting})" if setting else ""))
+        rows.append(cells)
+    return rows

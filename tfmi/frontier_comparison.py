@@ -45,7 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from tfmi.errors import TfmiError, first_line
-from tfmi.frontier import METRICS, DefenseFrontier, FrontierPoint, pareto_front, summarize_frontiers
+from tfmi.frontier import (
+    METRICS,
+    DefenseFrontier,
+    FrontierPoint,
+    equal_utility_headers,
+    equal_utility_rows,
+    pareto_front,
+    summarize_frontiers,
+)
 
 #: the spec fields that decide how privacy was measured: runs compare only when they agree on all
 COMPARABLE_FIELDS = ("dataset", "data_fingerprint", "target_size", "attacks", "num_shadows")
@@ -100,6 +108,10 @@ class FrontierComparison:
             "defenses": [f.to_dict() for f in self.frontiers],
             "overall_frontier_tpr_at_1pct": [p.label for p in self.overall_front],
             "overall_frontier_advantage": [p.label for p in self.overall_front_advantage],
+            "equal_utility": {
+                metric: [dict(zip(equal_utility_headers(self.frontiers), row, strict=True))
+                         for row in equal_utility_rows(self.frontiers, metric)]
+                for metric in METRICS},
         }
 
 
