@@ -142,8 +142,6 @@ def train_shadows_on(
                             parts=list(parts.values()), defense=defense)
 
 
-
-
 def train_shadow_set(
     data: Dataset, pool: np.ndarray, config: TrainConfig, *, num_shadows: int, seed: int,
     defense: DefenseConfig | None = None, retrain_failed: bool = False, queries: np.ndarray | None = None,
