@@ -24,7 +24,9 @@ Per defense, over its settings:
   (usually the undefended model's), so areas of one benchmark compare; they do not compare across
   benchmarks. A setting at ``x_max`` adds nothing (the undefended model scores 0): the area rewards
   accuracy kept at lower leakage than the worst measured. With ``x_max = 0`` it is the best
-  accuracy at metric 0.
+  accuracy at metric 0;
+* `equal_utility_rows` (with `lowest_metric_at`): the frontiers read the other way, each defense's
+  least exposed setting at the undefended model's test accuracy and `ACCURACY_COSTS` below it.
 
 >>> points = [FrontierPoint("l2 (l2=0.1)", "l2", 0.5, 0.01, 0.05),
 ...           FrontierPoint("l2 (l2=0.01)", "l2", 0.8, 0.03, 0.20),
